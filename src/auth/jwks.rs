@@ -1,0 +1,302 @@
+//! Keeping an issuer's JWKS current, off the request path.
+//!
+//! One background task per JWKS polls the document on an interval and on
+//! demand (a token names an unknown `kid`), with a minimum interval between
+//! fetches so that tokens with random `kid`s cannot make the gateway hammer
+//! the auth server. When the endpoint is down or returns garbage, the last
+//! good keys stay in force. The request path only reads the current
+//! [`KeySnapshot`](super::store::KeySnapshot) through an `ArcSwap`.
+
+use std::{
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{Notify, watch},
+    time::Instant,
+};
+
+use super::{http::HttpFetcher, keys::parse_jwks, store::KeyStore};
+
+/// Where an issuer publishes its keys.
+#[derive(Debug, Clone)]
+pub(crate) enum JwksLocation {
+    /// The JWKS URL itself.
+    Url(String),
+    /// The issuer URL: the JWKS URL is read from
+    /// `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery
+    /// 1.0 §4).
+    Discovery(String),
+}
+
+/// Timing of JWKS refreshes.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_gateway::auth::JwksOptions;
+///
+/// let opts = JwksOptions::default()
+///     .refresh_interval(Duration::from_secs(300))
+///     .min_refetch_interval(Duration::from_secs(10))
+///     .unknown_kid_wait(Duration::from_millis(500));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct JwksOptions {
+    pub(crate) refresh_interval: Duration,
+    pub(crate) min_refetch_interval: Duration,
+    pub(crate) unknown_kid_wait: Duration,
+}
+
+impl Default for JwksOptions {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(300),
+            min_refetch_interval: Duration::from_secs(10),
+            unknown_kid_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+impl JwksOptions {
+    /// How often the JWKS is fetched when nothing asks for it (default 5 min).
+    pub fn refresh_interval(mut self, interval: Duration) -> Self {
+        self.refresh_interval = interval;
+        self
+    }
+
+    /// The least time between two fetches of the same JWKS, whatever
+    /// triggered them (default 10 s). Also the first retry delay after a
+    /// failed fetch, doubling up to the refresh interval.
+    pub fn min_refetch_interval(mut self, interval: Duration) -> Self {
+        self.min_refetch_interval = interval;
+        self
+    }
+
+    /// How long a request whose token names an unknown `kid` waits for a
+    /// refresh that it triggered, or that is already running, before it is
+    /// refused (default 1 s; zero never waits). The request never fetches
+    /// anything itself.
+    pub fn unknown_kid_wait(mut self, wait: Duration) -> Self {
+        self.unknown_kid_wait = wait;
+        self
+    }
+}
+
+/// Counters of one JWKS, for metrics and tests.
+#[derive(Debug, Default)]
+pub(crate) struct JwksCounters {
+    pub(crate) fetches: AtomicU64,
+    pub(crate) failures: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Schedule {
+    last_started: Option<Instant>,
+    in_flight: bool,
+}
+
+/// The request path's handle on a JWKS refresher.
+pub(crate) struct Refresher {
+    notify: Notify,
+    schedule: Mutex<Schedule>,
+    updated: watch::Sender<u64>,
+    shutdown: AtomicBool,
+    options: JwksOptions,
+    pub(crate) counters: JwksCounters,
+}
+
+impl Refresher {
+    /// Asks for a refetch because a token named an unknown key.
+    ///
+    /// Returns a receiver that changes when the next fetch completes, or
+    /// `None` when no fetch is running and the minimum interval since the
+    /// last one has not passed (the caller is refused at once).
+    pub(crate) fn request(&self) -> Option<watch::Receiver<u64>> {
+        if self.options.unknown_kid_wait.is_zero() {
+            // Still schedule the refetch, but nobody waits for it.
+            let _ = self.try_schedule();
+            return None;
+        }
+        let receiver = self.updated.subscribe();
+        self.try_schedule().then_some(receiver)
+    }
+
+    fn try_schedule(&self) -> bool {
+        let Ok(mut schedule) = self.schedule.lock() else {
+            return false;
+        };
+        if schedule.in_flight {
+            return true;
+        }
+        let now = Instant::now();
+        let due = schedule
+            .last_started
+            .is_none_or(|t| now.duration_since(t) >= self.options.min_refetch_interval);
+        if due {
+            // Reserve the slot now, so a burst of unknown kids schedules
+            // exactly one fetch.
+            schedule.last_started = Some(now);
+            schedule.in_flight = true;
+            self.notify.notify_one();
+        }
+        due
+    }
+
+    pub(crate) fn wait(&self) -> std::time::Duration {
+        self.options.unknown_kid_wait
+    }
+
+    fn begin(&self) {
+        if let Ok(mut schedule) = self.schedule.lock() {
+            schedule.in_flight = true;
+            schedule.last_started = Some(Instant::now());
+        }
+    }
+
+    fn end(&self) {
+        if let Ok(mut schedule) = self.schedule.lock() {
+            schedule.in_flight = false;
+        }
+        self.updated.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(crate) fn stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+}
+
+/// Starts the refresher task of one issuer. The task holds only a weak
+/// reference to the store and ends when the layer is dropped.
+pub(crate) fn spawn(
+    issuer: String,
+    location: JwksLocation,
+    store: &Arc<KeyStore>,
+    fetcher: HttpFetcher,
+    options: JwksOptions,
+    runtime: &tokio::runtime::Handle,
+) -> Arc<Refresher> {
+    let (updated, _) = watch::channel(0);
+    let refresher = Arc::new(Refresher {
+        notify: Notify::new(),
+        schedule: Mutex::new(Schedule {
+            last_started: None,
+            in_flight: true,
+        }),
+        updated,
+        shutdown: AtomicBool::new(false),
+        options,
+        counters: JwksCounters::default(),
+    });
+    let task = Task {
+        issuer,
+        location,
+        jwks_url: None,
+        store: Arc::downgrade(store),
+        fetcher,
+        refresher: refresher.clone(),
+    };
+    runtime.spawn(task.run());
+    refresher
+}
+
+struct Task {
+    issuer: String,
+    location: JwksLocation,
+    jwks_url: Option<String>,
+    store: Weak<KeyStore>,
+    fetcher: HttpFetcher,
+    refresher: Arc<Refresher>,
+}
+
+impl Task {
+    async fn run(mut self) {
+        let options = self.refresher.options;
+        let mut failures: u32 = 0;
+        loop {
+            if self.refresher.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            self.refresher.begin();
+            let outcome = self.fetch_once().await;
+            self.refresher.counters.fetches.fetch_add(1, Ordering::Relaxed);
+            let delay = match outcome {
+                Ok(count) => {
+                    failures = 0;
+                    tracing::debug!(target: "tower_gateway::jwks", issuer = %self.issuer, keys = count, "JWKS refreshed");
+                    options.refresh_interval
+                }
+                Err(Stop) => return,
+                Err(FetchFailed(reason)) => {
+                    failures = failures.saturating_add(1);
+                    self.refresher.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "tower_gateway::jwks", issuer = %self.issuer, error = %reason, "JWKS refresh failed; keeping the last good keys");
+                    let backoff = options
+                        .min_refetch_interval
+                        .max(Duration::from_millis(100))
+                        .saturating_mul(1 << failures.min(16).saturating_sub(1));
+                    backoff.min(options.refresh_interval)
+                }
+            };
+            self.refresher.end();
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.refresher.notify.notified() => {}
+            }
+        }
+    }
+
+    async fn fetch_once(&mut self) -> Result<usize, Outcome> {
+        let url = match (&self.location, &self.jwks_url) {
+            (JwksLocation::Url(url), _) => url.clone(),
+            (JwksLocation::Discovery(_), Some(url)) => url.clone(),
+            (JwksLocation::Discovery(issuer), None) => {
+                let url = self.discover(issuer).await?;
+                self.jwks_url = Some(url.clone());
+                url
+            }
+        };
+        let body = self
+            .fetcher
+            .get(&url)
+            .await
+            .map_err(|e| FetchFailed(e.to_string()))?;
+        let keys = parse_jwks(&body).map_err(FetchFailed)?;
+        if keys.is_empty() {
+            return Err(FetchFailed("JWKS holds no usable signing key".into()));
+        }
+        let count = keys.len();
+        let store = self.store.upgrade().ok_or(Stop)?;
+        store.install(keys);
+        Ok(count)
+    }
+
+    async fn discover(&self, issuer: &str) -> Result<String, Outcome> {
+        #[derive(serde::Deserialize)]
+        struct Discovery {
+            jwks_uri: String,
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        );
+        let body = self
+            .fetcher
+            .get(&url)
+            .await
+            .map_err(|e| FetchFailed(format!("discovery: {e}")))?;
+        let doc: Discovery = serde_json::from_slice(&body)
+            .map_err(|e| FetchFailed(format!("discovery document: {e}")))?;
+        Ok(doc.jwks_uri)
+    }
+}
+
+enum Outcome {
+    Stop,
+    FetchFailed(String),
+}
+use Outcome::{FetchFailed, Stop};

@@ -1,0 +1,95 @@
+//! OAuth2 / JWT bearer-token authentication.
+//!
+//! [`JwtAuthLayer`] finds the bearer token (RFC 6750: the `Authorization`
+//! header; optionally a cookie or query parameter), verifies it against the
+//! keys of its [`Issuer`]s, checks the claims, and puts the verified
+//! [`Identity`](crate::identity::Identity) into the request extensions.
+//! Anything else is answered with 401 and a `WWW-Authenticate: Bearer`
+//! challenge, through the crate's [rejection model](crate::reject).
+//!
+//! - Algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384,
+//!   EdDSA. Every key is pinned to its algorithm family ([`JwtKey`]), so an HS
+//!   token is never checked against an RSA or EC public key; `alg: none` is
+//!   never accepted.
+//! - Keys: static secrets and public keys (PEM/DER) with optional `kid`;
+//!   a JWKS URL or OIDC discovery, fetched by a background task and cached
+//!   (feature `jwks`). Several keys live at once, so keys rotate without
+//!   downtime; the last good keys survive an auth-server outage.
+//! - Claims: signature, `exp` (required by default), `nbf`, `iss`, `aud`,
+//!   leeway, a maximum lifetime, required claims.
+//! - Token smuggling: a request with more than one token is refused even if
+//!   one is valid.
+//! - Identity headers forwarded to upstreams are first stripped from the
+//!   client's request.
+//! - A bounded cache of verified tokens makes repeat RS/ES/EdDSA tokens cost
+//!   about what HS256 costs.
+//!
+//! # Example
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_gateway::auth::{Issuer, JwtAuthLayer, JwtKey};
+//! use tower_gateway::identity::Identity;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = JwtAuthLayer::builder()
+//!     .issuer(
+//!         Issuer::new("https://auth.example.com")
+//!             .audience("orders-api")
+//!             .key(JwtKey::hmac(b"0123456789abcdef0123456789abcdef").kid("k1")),
+//!     )
+//!     .forward_subject(http::HeaderName::from_static("x-user-id"))
+//!     .build()?;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(auth)
+//!     .service_fn(|req: http::Request<String>| async move {
+//!         let who = req.extensions().get::<Identity>().and_then(|i| i.subject()).unwrap_or("-");
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(who.to_owned()))
+//!     });
+//! # Ok(()) }
+//! ```
+//!
+//! With a JWKS (Keycloak, Auth0, ...), built inside a Tokio runtime:
+//!
+//! ```no_run
+//! # #[cfg(feature = "jwks")]
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use tower_gateway::auth::{Issuer, JwksOptions, JwtAuthLayer};
+//!
+//! let auth = JwtAuthLayer::builder()
+//!     .issuer(Issuer::new("https://sso.example.com/realms/shop").oidc_discovery())
+//!     .jwks_options(JwksOptions::default().refresh_interval(Duration::from_secs(300)))
+//!     .build()?;
+//! auth.wait_for_keys(Duration::from_secs(10)).await;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod future;
+#[cfg(feature = "jwks")]
+mod http;
+mod issuer;
+#[cfg(feature = "jwks")]
+mod jwks;
+mod keys;
+mod layer;
+mod service;
+mod store;
+mod token;
+mod verifier;
+
+pub use error::AuthError;
+pub use future::ResponseFuture;
+#[cfg(feature = "jwks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+pub use http::{HttpClientConfig, HttpClientError};
+pub use issuer::Issuer;
+#[cfg(feature = "jwks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+pub use jwks::JwksOptions;
+pub use jsonwebtoken::Algorithm;
+pub use keys::{JwtKey, KeyError};
+pub use layer::{JwtAuthBuilder, JwtAuthLayer, JwtConfigError};
+pub use service::JwtAuth;

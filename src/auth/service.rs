@@ -1,0 +1,155 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderValue, Method, Request, Response, header};
+use tower_service::Service;
+
+use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
+use crate::{
+    identity::Identity,
+    reject::{RequestHead, ResponseBody},
+};
+
+/// The service of [`JwtAuthLayer`](super::JwtAuthLayer).
+#[derive(Clone)]
+pub struct JwtAuth<S> {
+    pub(crate) inner: S,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for JwtAuth<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_cors_preflight<B>(request: &Request<B>) -> bool {
+    request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The clone was not polled ready; keep it for next time and use the
+        // one that was.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = &*self.shared;
+
+        // Whatever happens next, a client never gets to assert an identity
+        // header to the upstream.
+        for name in &shared.stripped {
+            request.headers_mut().remove(name);
+        }
+        if shared.preflight_passthrough && is_cors_preflight(&request) {
+            return ResponseFuture::inner(inner.call(request));
+        }
+
+        let outcome = match shared.sources.extract(request.headers(), request.uri()) {
+            Ok(None) if shared.allow_anonymous => return ResponseFuture::inner(inner.call(request)),
+            Ok(None) => Err(Failure::Now(AuthError::Missing)),
+            Ok(Some(token)) => shared
+                .verifier
+                .verify(&token)
+                .map_err(|failure| Failure::Retry(failure, token.into_owned())),
+            Err(error) => Err(Failure::Now(error)),
+        };
+        match outcome {
+            Ok(identity) => match admit(shared, &mut request, identity) {
+                Ok(()) => ResponseFuture::inner(inner.call(request)),
+                Err(error) => ResponseFuture::rejected(reject(shared, &request, &error)),
+            },
+            Err(Failure::Retry(failure, token)) => {
+                #[cfg(feature = "jwks")]
+                if let Some((updated, wait)) = failure.refresh {
+                    let shared = self.shared.clone();
+                    return ResponseFuture::waiting(Box::pin(async move {
+                        let mut updated = updated;
+                        let verdict = match tokio::time::timeout(wait, updated.changed()).await {
+                            Ok(Ok(())) => shared.verifier.verify(&token).map_err(|f| f.error),
+                            _ => Err(failure.error),
+                        };
+                        match verdict.and_then(|identity| admit(&shared, &mut request, identity)) {
+                            Ok(()) => inner
+                                .call(request)
+                                .await
+                                .map(|response| response.map(ResponseBody::inner)),
+                            Err(error) => Ok(reject(&shared, &request, &error)),
+                        }
+                    }));
+                }
+                let _ = token;
+                ResponseFuture::rejected(reject(shared, &request, &failure.error))
+            }
+            Err(Failure::Now(error)) => ResponseFuture::rejected(reject(shared, &request, &error)),
+        }
+    }
+}
+
+/// A failed verification: refuse now, or maybe after a JWKS refresh.
+enum Failure {
+    Now(AuthError),
+    Retry(VerifyFailure, String),
+}
+
+/// Puts the verified identity (and what is derived from it) on the request.
+fn admit<B>(shared: &Shared, request: &mut Request<B>, identity: Identity) -> Result<(), AuthError> {
+    // Keep a verified mTLS peer that an earlier layer established.
+    let identity = match request
+        .extensions()
+        .get::<Identity>()
+        .and_then(Identity::peer)
+    {
+        Some(peer) => identity.with_peer(peer.clone()),
+        None => identity,
+    };
+    if let Some(insert) = &shared.claims_inserter {
+        if !insert(&identity, request.extensions_mut()) {
+            return Err(AuthError::MissingClaim("claims do not match the configured type".into()));
+        }
+    }
+    if let Some(name) = &shared.forward_subject {
+        if let Some(value) = identity.subject().and_then(|s| HeaderValue::from_str(s).ok()) {
+            request.headers_mut().insert(name.clone(), value);
+        }
+    }
+    if let Some(name) = &shared.forward_roles {
+        if let Ok(value) = HeaderValue::from_str(&identity.roles().join(",")) {
+            request.headers_mut().insert(name.clone(), value);
+        }
+    }
+    request.extensions_mut().insert(identity);
+    Ok(())
+}
+
+fn reject<B, ResBody>(
+    shared: &Shared,
+    request: &Request<B>,
+    error: &AuthError,
+) -> Response<ResponseBody<ResBody>> {
+    tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
+    shared
+        .renderer
+        .respond(&error.rejection(shared.realm.as_deref()), &RequestHead::of(request))
+}

@@ -1,0 +1,178 @@
+//! Finding the bearer token in a request.
+
+use std::borrow::Cow;
+
+use http::{HeaderMap, Uri, header};
+
+use super::AuthError;
+
+/// Where tokens are looked for besides `Authorization: Bearer`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TokenSources {
+    pub(crate) cookie: Option<String>,
+    pub(crate) query: Option<String>,
+    pub(crate) max_len: usize,
+}
+
+impl TokenSources {
+    /// Finds the one token of the request.
+    ///
+    /// More than one token — two `Authorization` headers, a header plus a
+    /// cookie or query parameter, a repeated cookie or parameter — is refused
+    /// even when one of them is valid: which one a later hop reads is not
+    /// ours to guess (token smuggling).
+    pub(crate) fn extract<'a>(
+        &self,
+        headers: &'a HeaderMap,
+        uri: &'a Uri,
+    ) -> Result<Option<Cow<'a, str>>, AuthError> {
+        let mut found: Option<Cow<'a, str>> = None;
+        let mut put = |token: Cow<'a, str>| {
+            if found.replace(token).is_some() {
+                Err(AuthError::Multiple)
+            } else {
+                Ok(())
+            }
+        };
+
+        let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+        if let Some(value) = authorization.next() {
+            if authorization.next().is_some() {
+                return Err(AuthError::Multiple);
+            }
+            let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+            if let Some(token) = bearer_token(value)? {
+                put(Cow::Borrowed(token))?;
+            }
+        }
+        if let Some(name) = &self.cookie {
+            for value in headers.get_all(header::COOKIE) {
+                let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+                for pair in value.split(';') {
+                    let (k, v) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
+                    if k == name {
+                        let v = v.trim_matches('"');
+                        put(Cow::Borrowed(v))?;
+                    }
+                }
+            }
+        }
+        if let (Some(name), Some(query)) = (&self.query, uri.query()) {
+            for pair in query.split('&') {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let k = percent_decode(k).ok_or(AuthError::Malformed)?;
+                if k == name.as_str() {
+                    put(percent_decode(v).ok_or(AuthError::Malformed)?)?;
+                }
+            }
+        }
+        match found {
+            Some(token) if token.is_empty() => Err(AuthError::Malformed),
+            Some(token) if token.len() > self.max_len => Err(AuthError::TooLarge),
+            Some(token) if !token.bytes().all(is_token68) => Err(AuthError::Malformed),
+            other => Ok(other),
+        }
+    }
+}
+
+/// `Bearer <token>` with the scheme matched case-insensitively (RFC 7235
+/// §2.1). Another scheme means "no bearer token"; `Bearer` with nothing
+/// after it is malformed.
+fn bearer_token(value: &str) -> Result<Option<&str>, AuthError> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    let token = rest.trim_start_matches(' ');
+    if token.is_empty() || token.contains(' ') {
+        return Err(AuthError::Malformed);
+    }
+    Ok(Some(token))
+}
+
+/// RFC 6750 §2.1 `b64token` characters.
+fn is_token68(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=')
+}
+
+fn percent_decode(input: &str) -> Option<Cow<'_, str>> {
+    if !input.contains(['%', '+']) {
+        return Some(Cow::Borrowed(input));
+    }
+    let bytes = input.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = input.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn sources() -> TokenSources {
+        TokenSources {
+            cookie: Some("access_token".into()),
+            query: Some("access_token".into()),
+            max_len: 64,
+        }
+    }
+
+    fn run(headers: &[(&str, &str)], uri: &str) -> Result<Option<String>, AuthError> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let uri: Uri = uri.parse().unwrap();
+        sources().extract(&map, &uri).map(|t| t.map(|t| t.into_owned()))
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(run(&[("authorization", "bEaReR abc")], "/").unwrap().as_deref(), Some("abc"));
+        assert_eq!(run(&[("authorization", "Basic abc")], "/").unwrap(), None);
+    }
+
+    #[test]
+    fn empty_or_odd_tokens_are_malformed() {
+        assert_eq!(run(&[("authorization", "Bearer")], "/"), Err(AuthError::Malformed));
+        assert_eq!(run(&[("authorization", "Bearer ")], "/"), Err(AuthError::Malformed));
+        assert_eq!(run(&[("authorization", "Bearer a b")], "/"), Err(AuthError::Malformed));
+        assert_eq!(run(&[("authorization", "Bearer a\"b")], "/"), Err(AuthError::Malformed));
+        assert_eq!(run(&[("authorization", &format!("Bearer {}", "a".repeat(65)))], "/"), Err(AuthError::TooLarge));
+    }
+
+    #[test]
+    fn smuggled_second_tokens_are_refused() {
+        let two_headers = [("authorization", "Bearer a"), ("authorization", "Bearer b")];
+        assert_eq!(run(&two_headers, "/"), Err(AuthError::Multiple));
+        assert_eq!(
+            run(&[("authorization", "Bearer a"), ("cookie", "access_token=b")], "/"),
+            Err(AuthError::Multiple)
+        );
+        assert_eq!(run(&[("authorization", "Bearer a")], "/x?access_token=b"), Err(AuthError::Multiple));
+        assert_eq!(run(&[], "/x?access_token=a&acc%65ss_token=b"), Err(AuthError::Multiple));
+        assert_eq!(run(&[("cookie", "access_token=a; access_token=b")], "/"), Err(AuthError::Multiple));
+        assert_eq!(run(&[("cookie", "x=1; access_token=a")], "/").unwrap().as_deref(), Some("a"));
+        assert_eq!(run(&[], "/x?access_token=a.b").unwrap().as_deref(), Some("a.b"));
+        assert_eq!(run(&[], "/x?access_token=%zz"), Err(AuthError::Malformed));
+    }
+}

@@ -1,0 +1,283 @@
+//! Token verification: the part of the layer that does not know about HTTP.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
+use quick_cache::sync::Cache;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::{AuthError, Issuer, store::KeyStore};
+use crate::identity::{ClaimPath, Identity, RoleSource};
+
+/// Claim checks shared by every issuer of a layer.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) leeway: Duration,
+    pub(crate) require_exp: bool,
+    pub(crate) max_lifetime: Option<Duration>,
+    pub(crate) required_claims: Vec<ClaimPath>,
+    pub(crate) role_source: RoleSource,
+    pub(crate) cache_capacity: usize,
+    pub(crate) max_token_len: usize,
+}
+
+struct IssuerState {
+    iss: Option<String>,
+    store: Arc<KeyStore>,
+    #[cfg(feature = "jwks")]
+    refresher: Option<Arc<super::jwks::Refresher>>,
+}
+
+/// A token that was verified before, remembered by the SHA-256 of the token
+/// (the token itself is not kept in memory).
+#[derive(Clone)]
+struct CachedToken {
+    identity: Identity,
+    issuer: usize,
+    generation: u64,
+    exp: u64,
+}
+
+/// Why verification failed, and whether waiting for a JWKS refresh could help.
+pub(crate) struct VerifyFailure {
+    pub(crate) error: AuthError,
+    #[cfg(feature = "jwks")]
+    pub(crate) refresh: Option<(tokio::sync::watch::Receiver<u64>, Duration)>,
+}
+
+impl From<AuthError> for VerifyFailure {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            #[cfg(feature = "jwks")]
+            refresh: None,
+        }
+    }
+}
+
+/// Verifies tokens against a fixed list of issuers.
+pub(crate) struct Verifier {
+    issuers: Vec<IssuerState>,
+    settings: Settings,
+    cache: Option<Cache<[u8; 32], CachedToken>>,
+}
+
+/// The part of the claims needed to pick the issuer before verifying.
+#[derive(serde::Deserialize)]
+struct PeekIss {
+    iss: Option<String>,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Verifier {
+    /// Builds the verifier; JWKS refreshers are started on `runtime`.
+    pub(crate) fn new(
+        issuers: Vec<Issuer>,
+        settings: Settings,
+        #[cfg(feature = "jwks")] jwks: Option<(
+            super::http::HttpFetcher,
+            super::jwks::JwksOptions,
+            tokio::runtime::Handle,
+        )>,
+    ) -> Self {
+        let issuers = issuers
+            .into_iter()
+            .map(|issuer| {
+                let store = Arc::new(KeyStore::new(
+                    validation_template(&issuer, &settings),
+                    issuer.keys.clone(),
+                ));
+                #[cfg(feature = "jwks")]
+                let refresher = match (&issuer.jwks, &jwks) {
+                    (Some(location), Some((fetcher, options, runtime))) => {
+                        Some(super::jwks::spawn(
+                            issuer.iss.clone().unwrap_or_default(),
+                            location.clone(),
+                            &store,
+                            fetcher.clone(),
+                            *options,
+                            runtime,
+                        ))
+                    }
+                    _ => None,
+                };
+                IssuerState {
+                    iss: issuer.iss,
+                    store,
+                    #[cfg(feature = "jwks")]
+                    refresher,
+                }
+            })
+            .collect();
+        let cache = (settings.cache_capacity > 0).then(|| Cache::new(settings.cache_capacity));
+        Self {
+            issuers,
+            settings,
+            cache,
+        }
+    }
+
+    /// The refreshers, for readiness checks and counters.
+    #[cfg(feature = "jwks")]
+    pub(crate) fn refreshers(&self) -> impl Iterator<Item = &Arc<super::jwks::Refresher>> {
+        self.issuers.iter().filter_map(|i| i.refresher.as_ref())
+    }
+
+    /// Whether every issuer has at least one key.
+    pub(crate) fn has_keys(&self) -> bool {
+        self.issuers.iter().all(|i| !i.store.load().keys.is_empty())
+    }
+
+    /// Verifies a token and builds the caller's identity.
+    pub(crate) fn verify(&self, token: &str) -> Result<Identity, VerifyFailure> {
+        if token.len() > self.settings.max_token_len {
+            return Err(AuthError::TooLarge.into());
+        }
+        let now = unix_now();
+        let digest: Option<[u8; 32]> = self.cache.as_ref().map(|_| Sha256::digest(token).into());
+        if let (Some(cache), Some(digest)) = (&self.cache, &digest) {
+            if let Some(hit) = cache.get(digest) {
+                if now < hit.exp && self.issuers[hit.issuer].store.generation() == hit.generation {
+                    return Ok(hit.identity);
+                }
+                cache.remove(digest);
+            }
+        }
+
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.kid.as_ref().is_some_and(|kid| kid.len() > 256) {
+            return Err(AuthError::Malformed.into());
+        }
+        let issuer_index = self.select_issuer(token)?;
+        let issuer = &self.issuers[issuer_index];
+        let snapshot = issuer.store.load();
+        let candidates = match snapshot.candidates(header.kid.as_deref(), header.alg) {
+            Ok(candidates) => candidates,
+            Err(error) => return Err(self.unknown_key(issuer, error)),
+        };
+
+        let mut last_error = AuthError::InvalidSignature;
+        let mut claims = None;
+        for key in candidates {
+            match decode::<Map<String, Value>>(token, &key.key.decoding, &key.validation) {
+                Ok(data) => {
+                    claims = Some(data.claims);
+                    break;
+                }
+                Err(error) => {
+                    last_error = AuthError::from_jwt(&error);
+                    // Only a bad signature means "try the next key"; any
+                    // other failure happened after the signature verified.
+                    if last_error != AuthError::InvalidSignature {
+                        break;
+                    }
+                }
+            }
+        }
+        let Some(claims) = claims else {
+            return Err(last_error.into());
+        };
+        self.check_claims(&claims, now)?;
+        let exp = claims.get("exp").and_then(Value::as_u64);
+        let identity = Identity::from_claims(claims, &self.settings.role_source);
+        if let (Some(cache), Some(digest), Some(exp)) = (&self.cache, digest, exp) {
+            cache.insert(
+                digest,
+                CachedToken {
+                    identity: identity.clone(),
+                    issuer: issuer_index,
+                    generation: snapshot.generation,
+                    exp,
+                },
+            );
+        }
+        Ok(identity)
+    }
+
+    fn select_issuer(&self, token: &str) -> Result<usize, AuthError> {
+        if self.issuers.len() == 1 {
+            return Ok(0);
+        }
+        // Only picks whose keys to try: the chosen issuer's validation then
+        // checks `iss` again on the verified claims.
+        let peek: PeekIss = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| AuthError::Malformed)?;
+        let named = peek
+            .iss
+            .as_deref()
+            .and_then(|iss| self.issuers.iter().position(|i| i.iss.as_deref() == Some(iss)));
+        named
+            .or_else(|| self.issuers.iter().position(|i| i.iss.is_none()))
+            .ok_or(AuthError::InvalidIssuer)
+    }
+
+    #[cfg_attr(not(feature = "jwks"), allow(unused_variables))]
+    fn unknown_key(&self, issuer: &IssuerState, error: AuthError) -> VerifyFailure {
+        #[cfg(feature = "jwks")]
+        if let Some(refresher) = &issuer.refresher {
+            // An unknown kid, or no key for this alg yet (JWKS not loaded),
+            // may be a key the auth server published after our last fetch.
+            let refresh = refresher.request().map(|rx| (rx, refresher.wait()));
+            return VerifyFailure { error, refresh };
+        }
+        error.into()
+    }
+
+    fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), AuthError> {
+        if let Some(max) = self.settings.max_lifetime {
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
+            if exp.saturating_sub(now) > max.as_secs() {
+                return Err(AuthError::LifetimeTooLong);
+            }
+        }
+        for path in &self.settings.required_claims {
+            if path.lookup(claims).is_none_or(Value::is_null) {
+                return Err(AuthError::MissingClaim(path.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        #[cfg(feature = "jwks")]
+        for refresher in self.refreshers() {
+            refresher.stop();
+        }
+    }
+}
+
+fn validation_template(issuer: &Issuer, settings: &Settings) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = settings.leeway.as_secs();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.required_spec_claims.clear();
+    if settings.require_exp {
+        validation.required_spec_claims.insert("exp".into());
+    }
+    if let Some(iss) = &issuer.iss {
+        validation.set_issuer(&[iss]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    if issuer.audiences.is_empty() {
+        validation.validate_aud = false;
+    } else {
+        validation.set_audience(&issuer.audiences);
+        validation.required_spec_claims.insert("aud".into());
+    }
+    validation
+}

@@ -1,0 +1,69 @@
+//! Composable [Tower](https://docs.rs/tower) middleware for API gateways.
+//!
+//! Each concern is a layer that stacks into your own `ServiceBuilder`, under
+//! axum, hyper or tonic:
+//!
+//! | module | layer | what it does |
+//! | --- | --- | --- |
+//! | [`auth`] | [`JwtAuthLayer`](auth::JwtAuthLayer) | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
+//! | [`rbac`] | [`RbacLayer`](rbac::RbacLayer) | role-based authorization per method and path |
+//! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
+//!
+//! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
+//! the rejection model ([`reject`]: RFC 9457 problem JSON, RFC 6750
+//! challenges, gRPC status), and the path normalization ([`path`]).
+//!
+//! # Example
+//!
+//! ```
+//! use http::Method;
+//! use tower::ServiceBuilder;
+//! use tower_gateway::auth::{Issuer, JwtAuthLayer, JwtKey};
+//! use tower_gateway::rbac::{Policy, RbacLayer, Rule};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let auth = JwtAuthLayer::builder()
+//!     .issuer(Issuer::new("https://auth.example.com").key(JwtKey::hmac(b"0123456789abcdef0123456789abcdef")))
+//!     .build()?;
+//! let policy = Policy::builder()
+//!     .rule(Rule::new("/orders").methods([Method::POST]).any_of(["user", "admin"]))
+//!     .deny_unmatched(true)
+//!     .build()?;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(auth)
+//!     .layer(RbacLayer::new(policy))
+//!     .service_fn(|_req: http::Request<String>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+//!     });
+//! # Ok(()) }
+//! ```
+//!
+//! # Cargo features
+//!
+//! | feature | default | enables |
+//! | --- | --- | --- |
+//! | `jwt` | yes | [`auth`] with static keys |
+//! | `jwks` | yes | JWKS / OIDC discovery for [`auth`] (hyper client, rustls) |
+//! | `rbac` | yes | [`rbac`] |
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod auth;
+pub mod identity;
+pub mod path;
+#[cfg(feature = "rbac")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rbac")))]
+pub mod rbac;
+pub mod reject;
+
+#[cfg(feature = "jwt")]
+pub use auth::JwtAuthLayer;
+pub use identity::Identity;
+#[cfg(feature = "rbac")]
+pub use rbac::RbacLayer;

@@ -1,0 +1,125 @@
+use std::task::{Context, Poll};
+
+use http::{Request, Response, Uri, uri::PathAndQuery};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{NormalizedPath, PathError, normalize_cow};
+use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture};
+
+/// Normalizes request paths once, at the edge (see the [module
+/// documentation](super)).
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_gateway::path::NormalizePathLayer;
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(NormalizePathLayer::new())
+///     .service_fn(|req: http::Request<String>| async move {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(req.uri().path().to_owned()))
+///     });
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct NormalizePathLayer {
+    renderer: Renderer,
+}
+
+impl NormalizePathLayer {
+    /// A layer with the default rejection renderer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renders 400 rejections with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+}
+
+impl<S> Layer<S> for NormalizePathLayer {
+    type Service = NormalizePath<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        NormalizePath {
+            inner,
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+/// The service of [`NormalizePathLayer`].
+#[derive(Debug, Clone)]
+pub struct NormalizePath<S> {
+    inner: S,
+    renderer: Renderer,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for NormalizePath<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        match apply(&mut request) {
+            Ok(_) => ResponseFuture::inner(self.inner.call(request)),
+            Err(error) => {
+                let rejection = path_rejection(error);
+                ResponseFuture::rejected(
+                    self.renderer.respond(&rejection, &RequestHead::of(&request)),
+                )
+            }
+        }
+    }
+}
+
+/// The 400 rejection for a refused path.
+pub(crate) fn path_rejection(error: PathError) -> Rejection {
+    Rejection::bad_request("invalid_path", error.to_string())
+}
+
+/// Normalizes the request's path unless a [`NormalizedPath`] is already in
+/// its extensions: rewrites the URI when the path changed and records the
+/// result. Returns the normalized path.
+pub(crate) fn apply<B>(request: &mut Request<B>) -> Result<NormalizedPath, PathError> {
+    if let Some(done) = request.extensions().get::<NormalizedPath>() {
+        return Ok(done.clone());
+    }
+    let normalized = match normalize_cow(request.uri().path())? {
+        std::borrow::Cow::Borrowed(same) => NormalizedPath(same.into()),
+        std::borrow::Cow::Owned(changed) => {
+            let normalized = NormalizedPath(changed.into_boxed_str());
+            rewrite_path(request.uri_mut(), &normalized);
+            normalized
+        }
+    };
+    request.extensions_mut().insert(normalized.clone());
+    Ok(normalized)
+}
+
+fn rewrite_path(uri: &mut Uri, path: &NormalizedPath) {
+    let path_and_query = match uri.query() {
+        Some(query) => format!("{}?{}", path.as_str(), query),
+        None => path.as_str().to_owned(),
+    };
+    // The normalized path only holds characters that were valid in the
+    // original path, so this parse cannot fail; if it somehow did, the
+    // original URI is kept and the request still carries the normalized path
+    // in its extensions.
+    let Ok(pq) = PathAndQuery::try_from(path_and_query) else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(rebuilt) = Uri::from_parts(parts) {
+        *uri = rebuilt;
+    }
+}

@@ -1,0 +1,207 @@
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::policy::{Decision, Policy, RoleHierarchy, Rule};
+use crate::{
+    identity::{Identity, RoleSource},
+    path,
+    reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture},
+};
+
+/// Authorizes requests by role with a [`Policy`] (see the [module
+/// documentation](super)).
+#[derive(Debug, Clone)]
+pub struct RbacLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone)]
+struct Shared {
+    policy: Arc<Policy>,
+    hierarchy: RoleHierarchy,
+    role_source: Option<RoleSource>,
+    shadow: bool,
+    renderer: Renderer,
+    realm: Option<String>,
+}
+
+impl RbacLayer {
+    /// Enforces `policy`.
+    pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                policy: policy.into(),
+                hierarchy: RoleHierarchy::new(),
+                role_source: None,
+                shadow: false,
+                renderer: Renderer::default(),
+                realm: None,
+            }),
+        }
+    }
+
+    /// Requires at least one of `roles` on every request (for one route).
+    pub fn require_any<I, S>(roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::single(Rule::new("/").any_of(roles))
+    }
+
+    /// Requires every one of `roles` on every request (for one route).
+    pub fn require_all<I, S>(roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::single(Rule::new("/").all_of(roles))
+    }
+
+    /// Requires a verified identity, whatever its roles.
+    pub fn require_authenticated() -> Self {
+        Self::single(Rule::new("/").authenticated())
+    }
+
+    fn single(rule: Rule) -> Self {
+        // "/" is a valid pattern; only an empty role set fails, and that
+        // policy denies every authenticated caller, as asked.
+        let policy = Policy::single(rule.clone()).unwrap_or_else(|_| {
+            Policy::builder()
+                .deny_unmatched(true)
+                .build()
+                .unwrap_or_else(|_| unreachable!("an empty policy is always valid"))
+        });
+        Self::new(policy)
+    }
+
+    /// Applies a role hierarchy (e.g. `admin` implies `user`).
+    pub fn hierarchy(mut self, hierarchy: RoleHierarchy) -> Self {
+        Arc::make_mut(&mut self.shared).hierarchy = hierarchy;
+        self
+    }
+
+    /// Reads roles from these claims of the identity instead of
+    /// [`Identity::roles`] (which the authenticating layer filled).
+    pub fn role_source(mut self, source: RoleSource) -> Self {
+        Arc::make_mut(&mut self.shared).role_source = Some(source);
+        self
+    }
+
+    /// Shadow (dry-run) mode: evaluate, log and count would-be denials, but
+    /// let every request through. Paths that cannot be normalized are still
+    /// refused with 400: passing them on would defeat the policy later.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        Arc::make_mut(&mut self.shared).shadow = shadow;
+        self
+    }
+
+    /// Renders rejections with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        Arc::make_mut(&mut self.shared).renderer = renderer;
+        self
+    }
+
+    /// The `realm` of the `WWW-Authenticate` challenge on 401.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.shared).realm = Some(realm.into());
+        self
+    }
+
+    /// The policy, for reading its counters.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.shared.policy
+    }
+}
+
+impl<S> Layer<S> for RbacLayer {
+    type Service = Rbac<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Rbac {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service of [`RbacLayer`].
+#[derive(Debug, Clone)]
+pub struct Rbac<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Rbac<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let shared = &*self.shared;
+        let normalized = match path::apply(&mut request) {
+            Ok(normalized) => normalized,
+            Err(error) => {
+                let rejection = path::path_rejection(error);
+                return ResponseFuture::rejected(
+                    shared.renderer.respond(&rejection, &RequestHead::of(&request)),
+                );
+            }
+        };
+        let identity = request.extensions().get::<Identity>();
+        let extracted;
+        let roles = match (identity, &shared.role_source) {
+            (None, _) => None,
+            (Some(identity), None) => Some(identity.roles()),
+            (Some(identity), Some(source)) => {
+                extracted = source.extract(identity.claims());
+                Some(extracted.as_slice())
+            }
+        };
+        let (decision, matched) =
+            shared
+                .policy
+                .evaluate(request.method(), &normalized, roles, &shared.hierarchy);
+        if decision == Decision::Allow {
+            return ResponseFuture::inner(self.inner.call(request));
+        }
+        shared.policy.count_denial(matched);
+        let rule = shared.policy.label(matched);
+        let subject = identity.and_then(Identity::subject).unwrap_or("-");
+        if shared.shadow {
+            tracing::warn!(
+                target: "tower_gateway::rbac",
+                rule, ?decision, method = %request.method(), path = %normalized, subject,
+                "shadow policy would deny"
+            );
+            return ResponseFuture::inner(self.inner.call(request));
+        }
+        tracing::debug!(
+            target: "tower_gateway::rbac",
+            rule, ?decision, method = %request.method(), path = %normalized, subject,
+            "denied"
+        );
+        let rejection = match decision {
+            Decision::Unauthenticated => Rejection::unauthenticated(
+                shared.realm.as_deref(),
+                None,
+                "authentication required",
+            ),
+            _ => Rejection::forbidden("insufficient role"),
+        };
+        ResponseFuture::rejected(shared.renderer.respond(&rejection, &RequestHead::of(&request)))
+    }
+}

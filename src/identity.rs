@@ -309,14 +309,20 @@ mod tests {
     fn roles_from_string_array_and_missing() {
         let src = RoleSource::default();
         assert_eq!(src.extract(&obj(json!({"role": "admin"}))), ["admin"]);
-        assert_eq!(src.extract(&obj(json!({"roles": ["a", "b", "a", 3]}))), ["a", "b"]);
+        assert_eq!(
+            src.extract(&obj(json!({"roles": ["a", "b", "a", 3]}))),
+            ["a", "b"]
+        );
         assert!(src.extract(&obj(json!({"roles": {"x": 1}}))).is_empty());
         assert!(src.extract(&obj(json!({}))).is_empty());
     }
 
     #[test]
     fn scope_claim_is_split_and_scp_array_read() {
-        let id = Identity::from_claims(obj(json!({"scope": "a  b", "scp": ["c"]})), &RoleSource::default());
+        let id = Identity::from_claims(
+            obj(json!({"scope": "a  b", "scp": ["c"]})),
+            &RoleSource::default(),
+        );
         assert_eq!(id.scopes(), ["a", "b", "c"]);
     }
 
@@ -327,7 +333,10 @@ mod tests {
             sub: String,
             tenant: u32,
         }
-        let id = Identity::from_claims(obj(json!({"sub": "x", "tenant": 7})), &RoleSource::default());
+        let id = Identity::from_claims(
+            obj(json!({"sub": "x", "tenant": 7})),
+            &RoleSource::default(),
+        );
         let mine: Mine = id.deserialize_claims().unwrap();
         assert_eq!((mine.sub.as_str(), mine.tenant), ("x", 7));
     }

@@ -67,3 +67,7 @@ pub use auth::JwtAuthLayer;
 pub use identity::Identity;
 #[cfg(feature = "rbac")]
 pub use rbac::RbacLayer;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -223,7 +223,10 @@ impl Task {
             }
             self.refresher.begin();
             let outcome = self.fetch_once().await;
-            self.refresher.counters.fetches.fetch_add(1, Ordering::Relaxed);
+            self.refresher
+                .counters
+                .fetches
+                .fetch_add(1, Ordering::Relaxed);
             let delay = match outcome {
                 Ok(count) => {
                     failures = 0;
@@ -233,7 +236,10 @@ impl Task {
                 Err(Stop) => return,
                 Err(FetchFailed(reason)) => {
                     failures = failures.saturating_add(1);
-                    self.refresher.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    self.refresher
+                        .counters
+                        .failures
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(target: "tower_gateway::jwks", issuer = %self.issuer, error = %reason, "JWKS refresh failed; keeping the last good keys");
                     let backoff = options
                         .min_refetch_interval

@@ -1,10 +1,10 @@
 use std::{fmt, sync::Arc};
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 #[cfg(feature = "jwks")]
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 /// A verification key pinned to one algorithm family.
 ///
@@ -59,26 +59,38 @@ impl JwtKey {
 
     /// An HMAC secret (HS256/384/512). Use at least 32 random bytes.
     pub fn hmac(secret: impl AsRef<[u8]>) -> Self {
-        Self::from_parts(AlgorithmFamily::Hmac, DecodingKey::from_secret(secret.as_ref()))
+        Self::from_parts(
+            AlgorithmFamily::Hmac,
+            DecodingKey::from_secret(secret.as_ref()),
+        )
     }
 
     /// An RSA public key in PEM (PKCS#1 or SPKI), for RS* and PS*.
     pub fn rsa_pem(pem: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         DecodingKey::from_rsa_pem(pem.as_ref())
             .map(|k| Self::from_parts(AlgorithmFamily::Rsa, k))
-            .map_err(|source| KeyError::Invalid { family: "RSA", source })
+            .map_err(|source| KeyError::Invalid {
+                family: "RSA",
+                source,
+            })
     }
 
     /// An RSA public key in PKCS#1 DER, for RS* and PS*.
     pub fn rsa_der(der: impl AsRef<[u8]>) -> Self {
-        Self::from_parts(AlgorithmFamily::Rsa, DecodingKey::from_rsa_der(der.as_ref()))
+        Self::from_parts(
+            AlgorithmFamily::Rsa,
+            DecodingKey::from_rsa_der(der.as_ref()),
+        )
     }
 
     /// An EC public key (P-256 or P-384) in PEM, for ES256/ES384.
     pub fn ec_pem(pem: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         DecodingKey::from_ec_pem(pem.as_ref())
             .map(|k| Self::from_parts(AlgorithmFamily::Ec, k))
-            .map_err(|source| KeyError::Invalid { family: "EC", source })
+            .map_err(|source| KeyError::Invalid {
+                family: "EC",
+                source,
+            })
     }
 
     /// An EC public key as an uncompressed SEC1 point (DER), for ES256/ES384.
@@ -90,7 +102,10 @@ impl JwtKey {
     pub fn ed_pem(pem: impl AsRef<[u8]>) -> Result<Self, KeyError> {
         DecodingKey::from_ed_pem(pem.as_ref())
             .map(|k| Self::from_parts(AlgorithmFamily::Ed, k))
-            .map_err(|source| KeyError::Invalid { family: "Ed25519", source })
+            .map_err(|source| KeyError::Invalid {
+                family: "Ed25519",
+                source,
+            })
     }
 
     /// An Ed25519 public key as its 32 raw bytes, for EdDSA.
@@ -139,7 +154,10 @@ impl JwtKey {
     /// no secret, and accepting it would let anyone mint HS256 tokens.
     #[cfg(feature = "jwks")]
     pub(crate) fn from_jwk(jwk: &Jwk) -> Option<Self> {
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))) {
+        if matches!(
+            jwk.common.public_key_use,
+            Some(PublicKeyUse::Encryption) | Some(PublicKeyUse::Other(_))
+        ) {
             return None;
         }
         if let Some(ops) = &jwk.common.key_operations {
@@ -246,9 +264,14 @@ mod tests {
 
     #[test]
     fn narrowing_refuses_other_families() {
-        let err = JwtKey::hmac(b"s").algorithms([Algorithm::RS256]).unwrap_err();
+        let err = JwtKey::hmac(b"s")
+            .algorithms([Algorithm::RS256])
+            .unwrap_err();
         assert!(matches!(err, KeyError::WrongFamily(Algorithm::RS256)));
-        assert!(matches!(JwtKey::hmac(b"s").algorithms([]), Err(KeyError::NoAlgorithm)));
+        assert!(matches!(
+            JwtKey::hmac(b"s").algorithms([]),
+            Err(KeyError::NoAlgorithm)
+        ));
     }
 
     #[cfg(feature = "jwks")]

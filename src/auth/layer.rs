@@ -276,15 +276,17 @@ impl JwtAuthBuilder {
     where
         T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        self.claims_inserter = Some(Arc::new(|identity: &Identity, ext: &mut Extensions| {
-            match identity.deserialize_claims::<T>() {
-                Ok(value) => {
-                    ext.insert(value);
-                    true
-                }
-                Err(_) => false,
-            }
-        }));
+        self.claims_inserter =
+            Some(Arc::new(
+                |identity: &Identity, ext: &mut Extensions| match identity.deserialize_claims::<T>()
+                {
+                    Ok(value) => {
+                        ext.insert(value);
+                        true
+                    }
+                    Err(_) => false,
+                },
+            ));
         self
     }
 
@@ -326,7 +328,9 @@ impl JwtAuthBuilder {
         for issuer in &self.issuers {
             let name = issuer.iss.as_deref();
             if seen.contains(&name) {
-                return Err(JwtConfigError::DuplicateIssuer(name.unwrap_or("<any>").into()));
+                return Err(JwtConfigError::DuplicateIssuer(
+                    name.unwrap_or("<any>").into(),
+                ));
             }
             seen.push(name);
             #[cfg(feature = "jwks")]

@@ -86,10 +86,10 @@ pub use future::ResponseFuture;
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use http::{HttpClientConfig, HttpClientError};
 pub use issuer::Issuer;
+pub use jsonwebtoken::Algorithm;
 #[cfg(feature = "jwks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use jwks::JwksOptions;
-pub use jsonwebtoken::Algorithm;
 pub use keys::{JwtKey, KeyError};
 pub use layer::{JwtAuthBuilder, JwtAuthLayer, JwtConfigError};
 pub use service::JwtAuth;

@@ -67,7 +67,9 @@ where
         }
 
         let outcome = match shared.sources.extract(request.headers(), request.uri()) {
-            Ok(None) if shared.allow_anonymous => return ResponseFuture::inner(inner.call(request)),
+            Ok(None) if shared.allow_anonymous => {
+                return ResponseFuture::inner(inner.call(request));
+            }
             Ok(None) => Err(Failure::Now(AuthError::Missing)),
             Ok(Some(token)) => shared
                 .verifier
@@ -114,7 +116,11 @@ enum Failure {
 }
 
 /// Puts the verified identity (and what is derived from it) on the request.
-fn admit<B>(shared: &Shared, request: &mut Request<B>, identity: Identity) -> Result<(), AuthError> {
+fn admit<B>(
+    shared: &Shared,
+    request: &mut Request<B>,
+    identity: Identity,
+) -> Result<(), AuthError> {
     // Keep a verified mTLS peer that an earlier layer established.
     let identity = match request
         .extensions()
@@ -126,11 +132,16 @@ fn admit<B>(shared: &Shared, request: &mut Request<B>, identity: Identity) -> Re
     };
     if let Some(insert) = &shared.claims_inserter {
         if !insert(&identity, request.extensions_mut()) {
-            return Err(AuthError::MissingClaim("claims do not match the configured type".into()));
+            return Err(AuthError::MissingClaim(
+                "claims do not match the configured type".into(),
+            ));
         }
     }
     if let Some(name) = &shared.forward_subject {
-        if let Some(value) = identity.subject().and_then(|s| HeaderValue::from_str(s).ok()) {
+        if let Some(value) = identity
+            .subject()
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
             request.headers_mut().insert(name.clone(), value);
         }
     }
@@ -149,7 +160,8 @@ fn reject<B, ResBody>(
     error: &AuthError,
 ) -> Response<ResponseBody<ResBody>> {
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
-    shared
-        .renderer
-        .respond(&error.rejection(shared.realm.as_deref()), &RequestHead::of(request))
+    shared.renderer.respond(
+        &error.rejection(shared.realm.as_deref()),
+        &RequestHead::of(request),
+    )
 }

@@ -107,6 +107,7 @@ impl KeyStore {
             })
             .collect();
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-        self.current.store(Arc::new(KeySnapshot { keys, generation }));
+        self.current
+            .store(Arc::new(KeySnapshot { keys, generation }));
     }
 }

@@ -139,25 +139,53 @@ mod tests {
     fn run(headers: &[(&str, &str)], uri: &str) -> Result<Option<String>, AuthError> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
-            map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         let uri: Uri = uri.parse().unwrap();
-        sources().extract(&map, &uri).map(|t| t.map(|t| t.into_owned()))
+        sources()
+            .extract(&map, &uri)
+            .map(|t| t.map(|t| t.into_owned()))
     }
 
     #[test]
     fn scheme_is_case_insensitive() {
-        assert_eq!(run(&[("authorization", "bEaReR abc")], "/").unwrap().as_deref(), Some("abc"));
+        assert_eq!(
+            run(&[("authorization", "bEaReR abc")], "/")
+                .unwrap()
+                .as_deref(),
+            Some("abc")
+        );
         assert_eq!(run(&[("authorization", "Basic abc")], "/").unwrap(), None);
     }
 
     #[test]
     fn empty_or_odd_tokens_are_malformed() {
-        assert_eq!(run(&[("authorization", "Bearer")], "/"), Err(AuthError::Malformed));
-        assert_eq!(run(&[("authorization", "Bearer ")], "/"), Err(AuthError::Malformed));
-        assert_eq!(run(&[("authorization", "Bearer a b")], "/"), Err(AuthError::Malformed));
-        assert_eq!(run(&[("authorization", "Bearer a\"b")], "/"), Err(AuthError::Malformed));
-        assert_eq!(run(&[("authorization", &format!("Bearer {}", "a".repeat(65)))], "/"), Err(AuthError::TooLarge));
+        assert_eq!(
+            run(&[("authorization", "Bearer")], "/"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            run(&[("authorization", "Bearer ")], "/"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            run(&[("authorization", "Bearer a b")], "/"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            run(&[("authorization", "Bearer a\"b")], "/"),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            run(
+                &[("authorization", &format!("Bearer {}", "a".repeat(65)))],
+                "/"
+            ),
+            Err(AuthError::TooLarge)
+        );
     }
 
     #[test]
@@ -165,14 +193,34 @@ mod tests {
         let two_headers = [("authorization", "Bearer a"), ("authorization", "Bearer b")];
         assert_eq!(run(&two_headers, "/"), Err(AuthError::Multiple));
         assert_eq!(
-            run(&[("authorization", "Bearer a"), ("cookie", "access_token=b")], "/"),
+            run(
+                &[("authorization", "Bearer a"), ("cookie", "access_token=b")],
+                "/"
+            ),
             Err(AuthError::Multiple)
         );
-        assert_eq!(run(&[("authorization", "Bearer a")], "/x?access_token=b"), Err(AuthError::Multiple));
-        assert_eq!(run(&[], "/x?access_token=a&acc%65ss_token=b"), Err(AuthError::Multiple));
-        assert_eq!(run(&[("cookie", "access_token=a; access_token=b")], "/"), Err(AuthError::Multiple));
-        assert_eq!(run(&[("cookie", "x=1; access_token=a")], "/").unwrap().as_deref(), Some("a"));
-        assert_eq!(run(&[], "/x?access_token=a.b").unwrap().as_deref(), Some("a.b"));
+        assert_eq!(
+            run(&[("authorization", "Bearer a")], "/x?access_token=b"),
+            Err(AuthError::Multiple)
+        );
+        assert_eq!(
+            run(&[], "/x?access_token=a&acc%65ss_token=b"),
+            Err(AuthError::Multiple)
+        );
+        assert_eq!(
+            run(&[("cookie", "access_token=a; access_token=b")], "/"),
+            Err(AuthError::Multiple)
+        );
+        assert_eq!(
+            run(&[("cookie", "x=1; access_token=a")], "/")
+                .unwrap()
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            run(&[], "/x?access_token=a.b").unwrap().as_deref(),
+            Some("a.b")
+        );
         assert_eq!(run(&[], "/x?access_token=%zz"), Err(AuthError::Malformed));
     }
 }

@@ -211,10 +211,11 @@ impl Verifier {
         // checks `iss` again on the verified claims.
         let peek: PeekIss = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|_| AuthError::Malformed)?;
-        let named = peek
-            .iss
-            .as_deref()
-            .and_then(|iss| self.issuers.iter().position(|i| i.iss.as_deref() == Some(iss)));
+        let named = peek.iss.as_deref().and_then(|iss| {
+            self.issuers
+                .iter()
+                .position(|i| i.iss.as_deref() == Some(iss))
+        });
         named
             .or_else(|| self.issuers.iter().position(|i| i.iss.is_none()))
             .ok_or(AuthError::InvalidIssuer)

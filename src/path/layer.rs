@@ -74,7 +74,8 @@ where
             Err(error) => {
                 let rejection = path_rejection(error);
                 ResponseFuture::rejected(
-                    self.renderer.respond(&rejection, &RequestHead::of(&request)),
+                    self.renderer
+                        .respond(&rejection, &RequestHead::of(&request)),
                 )
             }
         }

@@ -224,7 +224,14 @@ mod tests {
 
     #[test]
     fn already_normal_paths_are_unchanged() {
-        for p in ["/", "/orders", "/orders/7", "/orders/", "/a.b/c..d/.e", "/~user/x-y_z"] {
+        for p in [
+            "/",
+            "/orders",
+            "/orders/7",
+            "/orders/",
+            "/a.b/c..d/.e",
+            "/~user/x-y_z",
+        ] {
             assert_eq!(n(p).unwrap(), p, "{p}");
             if !p.contains("/.") {
                 assert!(matches!(normalize_cow(p).unwrap(), Cow::Borrowed(_)), "{p}");

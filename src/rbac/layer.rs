@@ -157,7 +157,9 @@ where
             Err(error) => {
                 let rejection = path::path_rejection(error);
                 return ResponseFuture::rejected(
-                    shared.renderer.respond(&rejection, &RequestHead::of(&request)),
+                    shared
+                        .renderer
+                        .respond(&rejection, &RequestHead::of(&request)),
                 );
             }
         };
@@ -195,13 +197,15 @@ where
             "denied"
         );
         let rejection = match decision {
-            Decision::Unauthenticated => Rejection::unauthenticated(
-                shared.realm.as_deref(),
-                None,
-                "authentication required",
-            ),
+            Decision::Unauthenticated => {
+                Rejection::unauthenticated(shared.realm.as_deref(), None, "authentication required")
+            }
             _ => Rejection::forbidden("insufficient role"),
         };
-        ResponseFuture::rejected(shared.renderer.respond(&rejection, &RequestHead::of(&request)))
+        ResponseFuture::rejected(
+            shared
+                .renderer
+                .respond(&rejection, &RequestHead::of(&request)),
+        )
     }
 }

@@ -59,4 +59,4 @@ pub use future::ResponseFuture;
 pub use grpc::{GrpcCode, is_grpc_request};
 pub use problem::ProblemJson;
 pub use rejection::{Rejection, RejectionKind};
-pub use render::{RenderRejection, RequestHead, Renderer};
+pub use render::{RenderRejection, Renderer, RequestHead};

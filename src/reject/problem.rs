@@ -2,7 +2,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
-use super::{RenderRejection, Rejection, RequestHead, grpc};
+use super::{Rejection, RenderRejection, RequestHead, grpc};
 
 /// The default renderer: RFC 9457 problem JSON for HTTP, trailers-only
 /// `grpc-status` responses for gRPC.
@@ -89,10 +89,14 @@ mod tests {
         let headers = HeaderMap::new();
         let uri = Uri::from_static("/orders");
         let head = RequestHead::new(&Method::GET, &uri, &headers);
-        let r = Rejection::unauthenticated(None, Some("invalid_token"), "the access token is invalid");
+        let r =
+            Rejection::unauthenticated(None, Some("invalid_token"), "the access token is invalid");
         let resp = ProblemJson.render(&r, &head);
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
         assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
         let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
         assert_eq!(v["status"], 401);
@@ -103,7 +107,10 @@ mod tests {
     #[test]
     fn grpc_trailers_only() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         let uri = Uri::from_static("/svc/Method");
         let head = RequestHead::new(&Method::POST, &uri, &headers);
         let resp = ProblemJson.render(&Rejection::forbidden("no"), &head);

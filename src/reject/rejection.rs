@@ -131,9 +131,7 @@ impl Rejection {
             detail,
         );
         if let Ok(value) = HeaderValue::from_str(&challenge) {
-            rejection
-                .headers
-                .insert(header::WWW_AUTHENTICATE, value);
+            rejection.headers.insert(header::WWW_AUTHENTICATE, value);
         }
         rejection
     }
@@ -213,7 +211,10 @@ mod tests {
     #[test]
     fn challenge_without_credentials_has_no_error_code() {
         let r = Rejection::unauthenticated(Some("api"), None, "token required");
-        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], r#"Bearer realm="api""#);
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer realm="api""#
+        );
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
 

@@ -147,7 +147,7 @@ fn stack(c: &mut Criterion) {
     let bearer = format!("Bearer {token}");
     let inner =
         tower::service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
-    let mut bare = inner.clone();
+    let mut bare = inner;
     let mut full = ServiceBuilder::new()
         .layer(layer(4096))
         .layer(RbacLayer::new(policy()).hierarchy(RoleHierarchy::new().inherit("admin", ["user"])))

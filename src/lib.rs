@@ -5,8 +5,8 @@
 //!
 //! | module | layer | what it does |
 //! | --- | --- | --- |
-//! | [`auth`] | [`JwtAuthLayer`](auth::JwtAuthLayer) | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
-//! | [`rbac`] | [`RbacLayer`](rbac::RbacLayer) | role-based authorization per method and path |
+//! | [`auth`] | [`JwtAuthLayer`] | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
+//! | [`rbac`] | [`RbacLayer`] | role-based authorization per method and path |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),

@@ -28,7 +28,9 @@ fn every_algorithm_family_verifies() {
             jsonwebtoken::AlgorithmFamily::Ed => "ed",
         };
         let token = mint(alg, Some(kid), &claims("alice", &["user"]));
-        let identity = layer.verify(&token).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        let identity = layer
+            .verify(&token)
+            .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
         assert_eq!(identity.subject(), Some("alice"));
         assert!(identity.has_role("user"));
     }

@@ -160,10 +160,10 @@ impl JwtKey {
         ) {
             return None;
         }
-        if let Some(ops) = &jwk.common.key_operations {
-            if !ops.contains(&KeyOperations::Verify) {
-                return None;
-            }
+        if let Some(ops) = &jwk.common.key_operations
+            && !ops.contains(&KeyOperations::Verify)
+        {
+            return None;
         }
         let family = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => AlgorithmFamily::Rsa,

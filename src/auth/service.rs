@@ -130,25 +130,24 @@ fn admit<B>(
         Some(peer) => identity.with_peer(peer.clone()),
         None => identity,
     };
-    if let Some(insert) = &shared.claims_inserter {
-        if !insert(&identity, request.extensions_mut()) {
-            return Err(AuthError::MissingClaim(
-                "claims do not match the configured type".into(),
-            ));
-        }
+    if let Some(insert) = &shared.claims_inserter
+        && !insert(&identity, request.extensions_mut())
+    {
+        return Err(AuthError::MissingClaim(
+            "claims do not match the configured type".into(),
+        ));
     }
-    if let Some(name) = &shared.forward_subject {
-        if let Some(value) = identity
+    if let Some(name) = &shared.forward_subject
+        && let Some(value) = identity
             .subject()
             .and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            request.headers_mut().insert(name.clone(), value);
-        }
+    {
+        request.headers_mut().insert(name.clone(), value);
     }
-    if let Some(name) = &shared.forward_roles {
-        if let Ok(value) = HeaderValue::from_str(&identity.roles().join(",")) {
-            request.headers_mut().insert(name.clone(), value);
-        }
+    if let Some(name) = &shared.forward_roles
+        && let Ok(value) = HeaderValue::from_str(&identity.roles().join(","))
+    {
+        request.headers_mut().insert(name.clone(), value);
     }
     request.extensions_mut().insert(identity);
     Ok(())

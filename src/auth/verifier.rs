@@ -144,13 +144,13 @@ impl Verifier {
         }
         let now = unix_now();
         let digest: Option<[u8; 32]> = self.cache.as_ref().map(|_| Sha256::digest(token).into());
-        if let (Some(cache), Some(digest)) = (&self.cache, &digest) {
-            if let Some(hit) = cache.get(digest) {
-                if now < hit.exp && self.issuers[hit.issuer].store.generation() == hit.generation {
-                    return Ok(hit.identity);
-                }
-                cache.remove(digest);
+        if let (Some(cache), Some(digest)) = (&self.cache, &digest)
+            && let Some(hit) = cache.get(digest)
+        {
+            if now < hit.exp && self.issuers[hit.issuer].store.generation() == hit.generation {
+                return Ok(hit.identity);
             }
+            cache.remove(digest);
         }
 
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;

@@ -70,15 +70,7 @@ impl RbacLayer {
     }
 
     fn single(rule: Rule) -> Self {
-        // "/" is a valid pattern; only an empty role set fails, and that
-        // policy denies every authenticated caller, as asked.
-        let policy = Policy::single(rule.clone()).unwrap_or_else(|_| {
-            Policy::builder()
-                .deny_unmatched(true)
-                .build()
-                .unwrap_or_else(|_| unreachable!("an empty policy is always valid"))
-        });
-        Self::new(policy)
+        Self::new(Policy::single(rule))
     }
 
     /// Applies a role hierarchy (e.g. `admin` implies `user`).

@@ -336,10 +336,10 @@ impl PolicyBuilder {
         let mut rules = Vec::with_capacity(self.rules.len());
         for rule in self.rules {
             let label = rule.label();
-            if let Requirement::AnyOf(roles) | Requirement::AllOf(roles) = &rule.requirement {
-                if roles.is_empty() {
-                    return Err(PolicyError::EmptyRoles(label));
-                }
+            if let Requirement::AnyOf(roles) | Requirement::AllOf(roles) = &rule.requirement
+                && roles.is_empty()
+            {
+                return Err(PolicyError::EmptyRoles(label));
             }
             rules.push(CompiledRule {
                 pattern: PathPattern::parse(&rule.pattern_text, rule.prefix)?,
@@ -382,9 +382,24 @@ impl Policy {
         PolicyBuilder::default()
     }
 
-    /// A policy of one rule covering every path and method.
-    pub(crate) fn single(rule: Rule) -> Result<Self, PolicyError> {
-        Self::builder().rule(rule).build()
+    /// A policy of one rule covering every path and method, for per-route
+    /// use. An empty role set is kept as is: it denies every caller.
+    pub(crate) fn single(rule: Rule) -> Self {
+        Self {
+            rules: vec![CompiledRule {
+                label: rule.label(),
+                methods: rule.methods,
+                pattern: PathPattern {
+                    segments: Vec::new(),
+                    prefix: true,
+                },
+                requirement: rule.requirement,
+                denials: AtomicU64::new(0),
+            }],
+            deny_unmatched: true,
+            case_insensitive: false,
+            unmatched_denials: AtomicU64::new(0),
+        }
     }
 
     /// Decides for a request. `roles` is `None` when the request carries no

@@ -33,8 +33,14 @@ fn generate() -> Keys {
     let rsa_pair = || {
         let private = rsa::RsaPrivateKey::new(&mut OsRng, 2048).expect("rsa keygen");
         Pair {
-            private_pem: private.to_pkcs1_pem(Default::default()).unwrap().to_string(),
-            public_pem: private.to_public_key().to_pkcs1_pem(Default::default()).unwrap(),
+            private_pem: private
+                .to_pkcs1_pem(Default::default())
+                .unwrap()
+                .to_string(),
+            public_pem: private
+                .to_public_key()
+                .to_pkcs1_pem(Default::default())
+                .unwrap(),
         }
     };
     let ec256 = p256::SecretKey::random(&mut OsRng);
@@ -45,15 +51,24 @@ fn generate() -> Keys {
         rsa2: rsa_pair(),
         ec256: Pair {
             private_pem: ec256.to_pkcs8_pem(Default::default()).unwrap().to_string(),
-            public_pem: ec256.public_key().to_public_key_pem(Default::default()).unwrap(),
+            public_pem: ec256
+                .public_key()
+                .to_public_key_pem(Default::default())
+                .unwrap(),
         },
         ec384: Pair {
             private_pem: ec384.to_pkcs8_pem(Default::default()).unwrap().to_string(),
-            public_pem: ec384.public_key().to_public_key_pem(Default::default()).unwrap(),
+            public_pem: ec384
+                .public_key()
+                .to_public_key_pem(Default::default())
+                .unwrap(),
         },
         ed: Pair {
             private_pem: ed.to_pkcs8_pem(Default::default()).unwrap().to_string(),
-            public_pem: ed.verifying_key().to_public_key_pem(Default::default()).unwrap(),
+            public_pem: ed
+                .verifying_key()
+                .to_public_key_pem(Default::default())
+                .unwrap(),
         },
     }
 }
@@ -65,7 +80,10 @@ pub fn keys() -> &'static Keys {
 }
 
 pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Standard valid claims: issuer, audience, subject, roles, exp in 10 min.
@@ -84,10 +102,15 @@ pub fn claims(sub: &str, roles: &[&str]) -> Value {
 pub fn encoding_key(alg: Algorithm) -> EncodingKey {
     let k = keys();
     match alg {
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => EncodingKey::from_secret(HMAC_SECRET),
-        Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-            EncodingKey::from_rsa_pem(k.rsa.private_pem.as_bytes()).unwrap()
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(HMAC_SECRET)
         }
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => EncodingKey::from_rsa_pem(k.rsa.private_pem.as_bytes()).unwrap(),
         Algorithm::ES256 => EncodingKey::from_ec_pem(k.ec256.private_pem.as_bytes()).unwrap(),
         Algorithm::ES384 => EncodingKey::from_ec_pem(k.ec384.private_pem.as_bytes()).unwrap(),
         Algorithm::EdDSA => EncodingKey::from_ed_pem(k.ed.private_pem.as_bytes()).unwrap(),
@@ -121,15 +144,27 @@ pub fn b64(data: &[u8]) -> String {
 
 /// A token with arbitrary header and claims and a garbage signature.
 pub fn unsigned(header: &Value, claims: &Value) -> String {
-    format!("{}.{}.", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}.",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 /// Every algorithm the crate supports.
 pub const ALL_ALGORITHMS: [Algorithm; 12] = [
-    Algorithm::HS256, Algorithm::HS384, Algorithm::HS512,
-    Algorithm::RS256, Algorithm::RS384, Algorithm::RS512,
-    Algorithm::PS256, Algorithm::PS384, Algorithm::PS512,
-    Algorithm::ES256, Algorithm::ES384, Algorithm::EdDSA,
+    Algorithm::HS256,
+    Algorithm::HS384,
+    Algorithm::HS512,
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
 ];
 
 /// Starts a tiny HTTP/1 server on a free loopback port that answers every
@@ -138,13 +173,17 @@ pub const ALL_ALGORITHMS: [Algorithm; 12] = [
 pub async fn serve<F, Fut>(handler: F) -> std::net::SocketAddr
 where
     F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {

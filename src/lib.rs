@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | [`auth`] | [`JwtAuthLayer`] | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
 //! | [`rbac`] | [`RbacLayer`] | role-based authorization per method and path |
+//! | [`circuit`] | [`CircuitBreakerLayer`](circuit::CircuitBreakerLayer) | circuit breaking and outlier ejection |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
@@ -55,6 +56,7 @@
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod auth;
+pub mod circuit;
 pub mod identity;
 pub mod path;
 #[cfg(feature = "rbac")]
@@ -64,6 +66,7 @@ pub mod reject;
 
 #[cfg(feature = "jwt")]
 pub use auth::JwtAuthLayer;
+pub use circuit::CircuitBreakerLayer;
 pub use identity::Identity;
 #[cfg(feature = "rbac")]
 pub use rbac::RbacLayer;

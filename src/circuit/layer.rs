@@ -1,0 +1,315 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::{sync::futures::OwnedNotified, time::Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Permit, ServerErrors};
+use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody};
+
+/// Wraps services in a [`CircuitBreaker`].
+///
+/// Two ways to use it:
+///
+/// - **Per service** ([`CircuitBreakerLayer::new`]): every service the layer
+///   wraps shares one breaker. While it is open, calls are answered at once
+///   with 503 and `Retry-After` (gRPC: `UNAVAILABLE`); the inner service is
+///   not called. `poll_ready` stays the inner service's.
+/// - **Per endpoint** ([`CircuitBreakerLayer::per_endpoint`]): each
+///   `layer()` call (one per discovered endpoint) gets its own breaker in an
+///   [`EjectionGroup`], and an open breaker makes `poll_ready` pending until
+///   its open time is over, so a balancer routes around the ejected endpoint
+///   while the others serve. The group never ejects its last endpoint, so a
+///   balancer always has one to choose.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_gateway::circuit::{CircuitBreakerLayer, CircuitConfig};
+///
+/// let svc = ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::new("orders", CircuitConfig::default()))
+///     .service_fn(|_req: http::Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     });
+/// ```
+pub struct CircuitBreakerLayer<C = ServerErrors> {
+    mode: Mode,
+    config: CircuitConfig,
+    classifier: Arc<C>,
+    renderer: Renderer,
+}
+
+#[derive(Clone)]
+enum Mode {
+    Shared(CircuitBreaker),
+    PerEndpoint {
+        name: Arc<str>,
+        group: EjectionGroup,
+    },
+}
+
+impl<C> Clone for CircuitBreakerLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            mode: self.mode.clone(),
+            config: self.config,
+            classifier: self.classifier.clone(),
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for CircuitBreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// One breaker named `name`, shared by every service this layer wraps.
+    pub fn new(name: impl Into<Arc<str>>, config: CircuitConfig) -> Self {
+        Self {
+            mode: Mode::Shared(CircuitBreaker::new(name, config)),
+            config,
+            classifier: Arc::new(ServerErrors),
+            renderer: Renderer::default(),
+        }
+    }
+
+    /// A breaker per wrapped service (endpoint), all in `group`.
+    pub fn per_endpoint(
+        name: impl Into<Arc<str>>,
+        config: CircuitConfig,
+        group: EjectionGroup,
+    ) -> Self {
+        Self {
+            mode: Mode::PerEndpoint {
+                name: name.into(),
+                group,
+            },
+            config,
+            classifier: Arc::new(ServerErrors),
+            renderer: Renderer::default(),
+        }
+    }
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    /// Counts failures with `classifier` instead of [`ServerErrors`].
+    pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
+        CircuitBreakerLayer {
+            mode: self.mode,
+            config: self.config,
+            classifier: Arc::new(classifier),
+            renderer: self.renderer,
+        }
+    }
+
+    /// Renders 503 rejections with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+
+    /// The shared breaker (per-service mode only), to observe its state.
+    pub fn breaker(&self) -> Option<&CircuitBreaker> {
+        match &self.mode {
+            Mode::Shared(breaker) => Some(breaker),
+            Mode::PerEndpoint { .. } => None,
+        }
+    }
+}
+
+impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreakerService<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let (breaker, eject) = match &self.mode {
+            Mode::Shared(breaker) => (breaker.clone(), false),
+            Mode::PerEndpoint { name, group } => (
+                CircuitBreaker::in_group(name.clone(), self.config, group),
+                true,
+            ),
+        };
+        CircuitBreakerService {
+            inner,
+            breaker,
+            eject,
+            classifier: self.classifier.clone(),
+            renderer: self.renderer.clone(),
+            wait: None,
+        }
+    }
+}
+
+/// The service of [`CircuitBreakerLayer`].
+pub struct CircuitBreakerService<S, C = ServerErrors> {
+    inner: S,
+    breaker: CircuitBreaker,
+    eject: bool,
+    classifier: Arc<C>,
+    renderer: Renderer,
+    wait: Option<Wait>,
+}
+
+/// What an ejected endpoint's `poll_ready` waits on.
+enum Wait {
+    Until(Pin<Box<Sleep>>),
+    Change(Pin<Box<OwnedNotified>>),
+}
+
+impl<S: Clone, C> Clone for CircuitBreakerService<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            breaker: self.breaker.clone(),
+            eject: self.eject,
+            classifier: self.classifier.clone(),
+            renderer: self.renderer.clone(),
+            wait: None,
+        }
+    }
+}
+
+impl<S, C> fmt::Debug for CircuitBreakerService<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerService")
+            .field("breaker", &self.breaker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C> CircuitBreakerService<S, C> {
+    /// This service's breaker.
+    pub fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+}
+
+impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreakerService<S, C>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    C: Classify<Response<ResBody>, S::Error>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if self.eject && self.breaker.state() == super::CircuitState::Closed {
+            // The common case costs one atomic load.
+            self.wait = None;
+        } else if self.eject {
+            loop {
+                if let Some(wait) = &mut self.wait {
+                    match wait {
+                        Wait::Until(sleep) => ready!(sleep.as_mut().poll(cx)),
+                        Wait::Change(notified) => ready!(notified.as_mut().poll(cx)),
+                    }
+                    self.wait = None;
+                }
+                // Register for the change before checking, so a change
+                // between the check and the wait is not missed.
+                let mut notified = Box::pin(self.breaker.changed());
+                notified.as_mut().enable();
+                match self.breaker.admits() {
+                    Ok(()) => break,
+                    Err(Some(until)) => {
+                        self.wait = Some(Wait::Until(Box::pin(tokio::time::sleep_until(until))));
+                    }
+                    Err(None) => self.wait = Some(Wait::Change(notified)),
+                }
+            }
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match self.breaker.try_acquire() {
+            Ok(permit) => ResponseFuture {
+                kind: Kind::Called {
+                    future: self.inner.call(request),
+                    permit: Some(permit),
+                    classifier: self.classifier.clone(),
+                },
+            },
+            Err(refused) => {
+                let secs = refused.retry_after.as_secs_f64().ceil() as u64;
+                let rejection = Rejection::unavailable(
+                    "circuit_open",
+                    "the upstream is unavailable",
+                    Some(secs),
+                );
+                ResponseFuture {
+                    kind: Kind::Refused {
+                        response: Some(
+                            self.renderer
+                                .respond(&rejection, &RequestHead::of(&request)),
+                        ),
+                    },
+                }
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreakerService`]: records the
+    /// outcome when the inner call completes. Dropping it before then
+    /// records nothing and frees a half-open probe slot.
+    pub struct ResponseFuture<F, B, C> {
+        #[pin]
+        kind: Kind<F, B, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, C> {
+        Called { #[pin] future: F, permit: Option<Permit>, classifier: Arc<C> },
+        Refused { response: Option<Response<ResponseBody<B>>> },
+    }
+}
+
+impl<F, B, C, E> Future for ResponseFuture<F, B, C>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    C: Classify<Response<B>, E>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called {
+                future,
+                permit,
+                classifier,
+            } => {
+                let result = ready!(future.poll(cx));
+                if let Some(permit) = permit.take() {
+                    permit.record(classifier.classify(&result));
+                }
+                Poll::Ready(result.map(|response| response.map(ResponseBody::inner)))
+            }
+            KindProj::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+impl<F, B, C> fmt::Debug for ResponseFuture<F, B, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -8,6 +8,7 @@
 //! | [`auth`] | [`JwtAuthLayer`] | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
 //! | [`rbac`] | [`RbacLayer`] | role-based authorization per method and path |
 //! | [`circuit`] | [`CircuitBreakerLayer`](circuit::CircuitBreakerLayer) | circuit breaking and outlier ejection |
+//! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
@@ -47,6 +48,7 @@
 //! | `jwt` | yes | [`auth`] with static keys |
 //! | `jwks` | yes | JWKS / OIDC discovery for [`auth`] (hyper client, rustls) |
 //! | `rbac` | yes | [`rbac`] |
+//! | `metrics` | yes | [`metrics`] (prometheus-client) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -58,16 +60,23 @@
 pub mod auth;
 pub mod circuit;
 pub mod identity;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
+pub mod observe;
 pub mod path;
 #[cfg(feature = "rbac")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rbac")))]
 pub mod rbac;
 pub mod reject;
+pub mod route;
 
 #[cfg(feature = "jwt")]
 pub use auth::JwtAuthLayer;
 pub use circuit::CircuitBreakerLayer;
 pub use identity::Identity;
+#[cfg(feature = "metrics")]
+pub use metrics::MetricsLayer;
 #[cfg(feature = "rbac")]
 pub use rbac::RbacLayer;
 

@@ -191,6 +191,16 @@ impl CircuitBreaker {
         }
     }
 
+    /// Reports this breaker's state and every change to `observer`
+    /// (metrics: `circuit_state`, `circuit_transitions_total`).
+    pub fn observe(&self, observer: crate::observe::Observer) {
+        observer.circuit_state(self.name(), self.state().as_str());
+        self.on_transition(move |name, t| {
+            observer.circuit_state(name, t.to.as_str());
+            observer.circuit_transition(name, t.from.as_str(), t.to.as_str());
+        });
+    }
+
     /// Asks to make a call. The returned permit records the outcome; a
     /// permit dropped without recording (a cancelled call) counts as nothing
     /// and gives a half-open probe slot back.

@@ -13,7 +13,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Permit, ServerErrors};
-use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody};
+use crate::{
+    observe::Observer,
+    reject::{Rejection, Renderer, RequestHead, ResponseBody},
+};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Wraps services in a [`CircuitBreaker`].
 ///
@@ -42,6 +46,7 @@ use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody};
 /// ```
 pub struct CircuitBreakerLayer<C = ServerErrors> {
     mode: Mode,
+    observer: Option<Observer>,
     config: CircuitConfig,
     classifier: Arc<C>,
     renderer: Renderer,
@@ -53,6 +58,7 @@ enum Mode {
     PerEndpoint {
         name: Arc<str>,
         group: EjectionGroup,
+        next: Arc<AtomicU64>,
     },
 }
 
@@ -60,6 +66,7 @@ impl<C> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         Self {
             mode: self.mode.clone(),
+            observer: self.observer.clone(),
             config: self.config,
             classifier: self.classifier.clone(),
             renderer: self.renderer.clone(),
@@ -80,13 +87,15 @@ impl CircuitBreakerLayer {
     pub fn new(name: impl Into<Arc<str>>, config: CircuitConfig) -> Self {
         Self {
             mode: Mode::Shared(CircuitBreaker::new(name, config)),
+            observer: None,
             config,
             classifier: Arc::new(ServerErrors),
             renderer: Renderer::default(),
         }
     }
 
-    /// A breaker per wrapped service (endpoint), all in `group`.
+    /// A breaker per wrapped service (endpoint), all in `group`, named
+    /// `<name>/<n>` in the order the endpoints were wrapped.
     pub fn per_endpoint(
         name: impl Into<Arc<str>>,
         config: CircuitConfig,
@@ -96,7 +105,9 @@ impl CircuitBreakerLayer {
             mode: Mode::PerEndpoint {
                 name: name.into(),
                 group,
+                next: Arc::new(AtomicU64::new(0)),
             },
+            observer: None,
             config,
             classifier: Arc::new(ServerErrors),
             renderer: Renderer::default(),
@@ -109,10 +120,20 @@ impl<C> CircuitBreakerLayer<C> {
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             mode: self.mode,
+            observer: self.observer,
             config: self.config,
             classifier: Arc::new(classifier),
             renderer: self.renderer,
         }
+    }
+
+    /// Reports circuit states and transitions to `observer`.
+    pub fn observer(mut self, observer: Observer) -> Self {
+        if let Mode::Shared(breaker) = &self.mode {
+            breaker.observe(observer.clone());
+        }
+        self.observer = Some(observer);
+        self
     }
 
     /// Renders 503 rejections with `renderer`.
@@ -136,10 +157,16 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
     fn layer(&self, inner: S) -> Self::Service {
         let (breaker, eject) = match &self.mode {
             Mode::Shared(breaker) => (breaker.clone(), false),
-            Mode::PerEndpoint { name, group } => (
-                CircuitBreaker::in_group(name.clone(), self.config, group),
-                true,
-            ),
+            Mode::PerEndpoint { name, group, next } => {
+                // Each endpoint's breaker gets its own name, so their
+                // states do not overwrite each other in metrics.
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let breaker = CircuitBreaker::in_group(format!("{name}/{n}"), self.config, group);
+                if let Some(observer) = &self.observer {
+                    breaker.observe(observer.clone());
+                }
+                (breaker, true)
+            }
         };
         CircuitBreakerService {
             inner,

@@ -1,0 +1,483 @@
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use prometheus_client::metrics::gauge::Gauge;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{
+    GatewayMetrics,
+    registry::{ConsumerLabels, GrpcLabels, GrpcMethodLabels, RouteMethod, RouteMethodStatus},
+};
+use crate::{Identity, reject::is_grpc_request, route::RouteTemplate};
+
+type RouteFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
+
+/// Records per-request metrics into a [`GatewayMetrics`] registry.
+///
+/// Labels use the route template ([`RouteTemplate`] in the request
+/// extensions, or what [`MetricsLayer::route_from`] extracts), never the raw
+/// path; requests without one are labelled `unmatched`. Methods outside the
+/// standard set are labelled `OTHER`. gRPC calls also count under their
+/// service, method and final `grpc-status` (read from the trailers, or the
+/// headers of a trailers-only response). With per-consumer series enabled,
+/// the verified [`Identity`] subject labels a capped counter.
+///
+/// Place it outermost, so that requests refused by the other layers are
+/// counted too.
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use tower_gateway::metrics::{GatewayMetrics, MetricsLayer};
+///
+/// let metrics = GatewayMetrics::default();
+/// let svc = ServiceBuilder::new()
+///     .layer(MetricsLayer::new(&metrics))
+///     .service_fn(|_req: http::Request<String>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+///     });
+/// ```
+#[derive(Clone)]
+pub struct MetricsLayer {
+    metrics: GatewayMetrics,
+    route_from: Option<RouteFn>,
+}
+
+impl fmt::Debug for MetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsLayer").finish_non_exhaustive()
+    }
+}
+
+impl MetricsLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: &GatewayMetrics) -> Self {
+        Self {
+            metrics: metrics.clone(),
+            route_from: None,
+        }
+    }
+
+    /// Takes the route template from the request head with `f` when no
+    /// [`RouteTemplate`] extension is present (for example axum's
+    /// `MatchedPath`). Values are capped like every route label.
+    pub fn route_from(
+        mut self,
+        f: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.route_from = Some(Arc::new(f));
+        self
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Metrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Metrics {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`MetricsLayer`].
+#[derive(Clone)]
+pub struct Metrics<S> {
+    inner: S,
+    layer: MetricsLayer,
+}
+
+impl<S> fmt::Debug for Metrics<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+fn grpc_names(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
+/// gRPC status codes as label values (gRPC `statuscodes.md`).
+fn grpc_status_label(value: Option<&[u8]>) -> &'static str {
+    const NAMES: [&str; 17] = [
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    ];
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .and_then(|code| NAMES.get(code).copied())
+        .unwrap_or("UNKNOWN")
+}
+
+/// What is known about a request when its response completes.
+struct Record {
+    metrics: GatewayMetrics,
+    labels: RouteMethod,
+    in_flight: Gauge,
+    started: Instant,
+    grpc: Option<GrpcMethodLabels>,
+    grpc_status: Option<&'static str>,
+    consumer: Option<Arc<str>>,
+    status: u16,
+    response_bytes: u64,
+    done: bool,
+}
+
+impl Record {
+    /// Called once, when the response body ends or is dropped.
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let f = &self.metrics.inner.families;
+        self.in_flight.dec();
+        f.response_size
+            .get_or_create(&self.labels)
+            .observe(self.response_bytes as f64);
+        if let Some(grpc) = self.grpc.take() {
+            // A stream that ended without a status was cut off.
+            let status = self.grpc_status.unwrap_or("CANCELLED");
+            f.grpc_duration
+                .get_or_create(&grpc)
+                .observe(self.started.elapsed().as_secs_f64());
+            let labels = GrpcLabels {
+                grpc_service: grpc.grpc_service,
+                grpc_method: grpc.grpc_method,
+                grpc_status: status,
+            };
+            f.grpc_requests.get_or_create(&labels).inc();
+        }
+        if let Some(consumer) = self.consumer.take() {
+            f.consumer_requests
+                .get_or_create(&ConsumerLabels {
+                    consumer,
+                    status: self.status,
+                })
+                .inc();
+        }
+    }
+
+    /// Called when the inner service failed without a response.
+    fn fail(&mut self) {
+        self.metrics
+            .inner
+            .families
+            .request_errors
+            .get_or_create(&self.labels)
+            .inc();
+        self.grpc_status = Some("UNAVAILABLE");
+        self.finish();
+    }
+
+    fn head(&mut self, headers: &HeaderMap, status: u16) {
+        self.status = status;
+        let f = &self.metrics.inner.families;
+        f.duration
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        f.requests
+            .get_or_create(&RouteMethodStatus {
+                route: self.labels.route.clone(),
+                method: self.labels.method,
+                status,
+            })
+            .inc();
+        if self.grpc.is_some() {
+            if let Some(value) = headers.get("grpc-status") {
+                self.grpc_status = Some(grpc_status_label(Some(value.as_bytes())));
+            } else if !(200..300).contains(&status) {
+                // An HTTP error before any gRPC status (gRPC over HTTP/2
+                // spec, "HTTP to gRPC status code mapping").
+                self.grpc_status = Some(match status {
+                    400 => "INTERNAL",
+                    401 => "UNAUTHENTICATED",
+                    403 => "PERMISSION_DENIED",
+                    404 => "UNIMPLEMENTED",
+                    429 | 502..=504 => "UNAVAILABLE",
+                    _ => "UNKNOWN",
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Metrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: Body,
+{
+    type Response = Response<MetricsBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let metrics = &self.layer.metrics;
+        let inner = &metrics.inner;
+        let route = match request.extensions().get::<RouteTemplate>() {
+            Some(template) => inner.routes.get(template.as_str()),
+            None => {
+                let (parts, body) = request.into_parts();
+                let extracted = self.layer.route_from.as_ref().and_then(|f| f(&parts));
+                let route = match extracted {
+                    Some(route) => inner.routes.get(&route),
+                    None => Arc::from("unmatched"),
+                };
+                return self.start(Request::from_parts(parts, body), route);
+            }
+        };
+        self.start(request, route)
+    }
+}
+
+impl<S> Metrics<S> {
+    fn start<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+        route: Arc<str>,
+    ) -> ResponseFuture<S::Future>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        ReqBody: Body,
+    {
+        let metrics = self.layer.metrics.clone();
+        let inner = &metrics.inner;
+        let labels = RouteMethod {
+            route,
+            method: method_label(request.method()),
+        };
+        let in_flight = inner.families.in_flight.get_or_create_owned(&labels);
+        in_flight.inc();
+        let size = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| request.body().size_hint().exact());
+        if let Some(size) = size {
+            inner
+                .families
+                .request_size
+                .get_or_create(&labels)
+                .observe(size as f64);
+        }
+        let grpc = if is_grpc_request(request.headers()) {
+            grpc_names(request.uri().path()).map(|(service, method)| {
+                let capped = inner.grpc_methods.get(&format!("{service}/{method}"));
+                match capped.split_once('/') {
+                    Some((s, m)) => GrpcMethodLabels {
+                        grpc_service: Arc::from(s),
+                        grpc_method: Arc::from(m),
+                    },
+                    None => GrpcMethodLabels {
+                        grpc_service: capped.clone(),
+                        grpc_method: capped,
+                    },
+                }
+            })
+        } else {
+            None
+        };
+        let consumer = inner.consumers.as_ref().and_then(|cap| {
+            request
+                .extensions()
+                .get::<Identity>()
+                .and_then(Identity::subject)
+                .map(|subject| cap.get(subject))
+        });
+        let record = Record {
+            metrics: metrics.clone(),
+            labels,
+            in_flight,
+            started: Instant::now(),
+            grpc,
+            grpc_status: None,
+            consumer,
+            status: 0,
+            response_bytes: 0,
+            done: false,
+        };
+        ResponseFuture {
+            future: self.inner.call(request),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Metrics`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<MetricsBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        let Some(mut record) = this.record.take() else {
+            // Polled after completion: nothing left to record.
+            return Poll::Ready(result.map(|r| r.map(|body| MetricsBody { body, record: None })));
+        };
+        Poll::Ready(match result {
+            Ok(response) => {
+                record.head(response.headers(), response.status().as_u16());
+                Ok(response.map(|body| MetricsBody {
+                    body,
+                    record: Some(record),
+                }))
+            }
+            Err(error) => {
+                record.fail();
+                Err(error)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// A response body that counts its bytes and reads the final gRPC
+    /// status, recording both when it ends or is dropped.
+    pub struct MetricsBody<B> {
+        #[pin]
+        body: B,
+        record: Option<Record>,
+    }
+}
+
+impl<B> fmt::Debug for MetricsBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsBody").finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for MetricsBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        if let Some(record) = this.record.as_mut() {
+            match &frame {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        record.response_bytes += data.len() as u64;
+                    } else if let Some(trailers) = frame.trailers_ref()
+                        && record.grpc.is_some()
+                    {
+                        record.grpc_status = Some(grpc_status_label(
+                            trailers.get("grpc-status").map(|v| v.as_bytes()),
+                        ));
+                    }
+                }
+                Some(Err(_)) => {
+                    if record.grpc.is_some() && record.grpc_status.is_none() {
+                        record.grpc_status = Some("UNAVAILABLE");
+                    }
+                    record.finish();
+                }
+                None => record.finish(),
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_path_parsing() {
+        assert_eq!(
+            grpc_names("/grpc.health.v1.Health/Check"),
+            Some(("grpc.health.v1.Health", "Check"))
+        );
+        assert_eq!(grpc_names("/nope"), None);
+        assert_eq!(grpc_names("/a/b/c"), None);
+        assert_eq!(grpc_status_label(Some(b"16")), "UNAUTHENTICATED");
+        assert_eq!(grpc_status_label(Some(b"99")), "UNKNOWN");
+    }
+}

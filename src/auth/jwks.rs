@@ -179,6 +179,7 @@ pub(crate) fn spawn(
     fetcher: HttpFetcher,
     options: JwksOptions,
     runtime: &tokio::runtime::Handle,
+    observer: crate::observe::Observer,
 ) -> Arc<Refresher> {
     let (updated, _) = watch::channel(0);
     let refresher = Arc::new(Refresher {
@@ -199,6 +200,7 @@ pub(crate) fn spawn(
         store: Arc::downgrade(store),
         fetcher,
         refresher: refresher.clone(),
+        observer,
     };
     runtime.spawn(task.run());
     refresher
@@ -211,6 +213,7 @@ struct Task {
     store: Weak<KeyStore>,
     fetcher: HttpFetcher,
     refresher: Arc<Refresher>,
+    observer: crate::observe::Observer,
 }
 
 impl Task {
@@ -230,6 +233,7 @@ impl Task {
             let delay = match outcome {
                 Ok(count) => {
                     failures = 0;
+                    self.observer.jwks_refreshed(&self.issuer, true);
                     tracing::debug!(target: "tower_gateway::jwks", issuer = %self.issuer, keys = count, "JWKS refreshed");
                     options.refresh_interval
                 }
@@ -240,6 +244,7 @@ impl Task {
                         .counters
                         .failures
                         .fetch_add(1, Ordering::Relaxed);
+                    self.observer.jwks_refreshed(&self.issuer, false);
                     tracing::warn!(target: "tower_gateway::jwks", issuer = %self.issuer, error = %reason, "JWKS refresh failed; keeping the last good keys");
                     let backoff = options
                         .min_refetch_interval

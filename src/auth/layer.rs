@@ -10,6 +10,7 @@ use super::{
 };
 use crate::{
     identity::{ClaimPath, Identity, RoleSource},
+    observe::Observer,
     reject::Renderer,
 };
 
@@ -35,6 +36,7 @@ pub(crate) struct Shared {
     pub(crate) claims_inserter: Option<ClaimsInserter>,
     pub(crate) realm: Option<String>,
     pub(crate) renderer: Renderer,
+    pub(crate) observer: Observer,
 }
 
 impl fmt::Debug for JwtAuthLayer {
@@ -80,6 +82,7 @@ pub struct JwtAuthBuilder {
     claims_inserter: Option<ClaimsInserter>,
     realm: Option<String>,
     renderer: Renderer,
+    observer: Observer,
     #[cfg(feature = "jwks")]
     jwks_options: super::JwksOptions,
     #[cfg(feature = "jwks")]
@@ -117,6 +120,7 @@ impl JwtAuthLayer {
             claims_inserter: None,
             realm: None,
             renderer: Renderer::default(),
+            observer: Observer::default(),
             #[cfg(feature = "jwks")]
             jwks_options: super::JwksOptions::default(),
             #[cfg(feature = "jwks")]
@@ -302,6 +306,13 @@ impl JwtAuthBuilder {
         self
     }
 
+    /// Reports refusals (by reason) and JWKS refreshes to `observer`, for
+    /// example [`GatewayMetrics::observer`](crate::metrics::GatewayMetrics::observer).
+    pub fn observer(mut self, observer: Observer) -> Self {
+        self.observer = observer;
+        self
+    }
+
     /// JWKS refresh timing.
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
@@ -345,7 +356,12 @@ impl JwtAuthBuilder {
         let jwks = if self.issuers.iter().any(|i| i.jwks.is_some()) {
             let runtime =
                 tokio::runtime::Handle::try_current().map_err(|_| JwtConfigError::NoRuntime)?;
-            Some((self.http.build()?, self.jwks_options, runtime))
+            Some((
+                self.http.build()?,
+                self.jwks_options,
+                runtime,
+                self.observer.clone(),
+            ))
         } else {
             None
         };
@@ -372,6 +388,7 @@ impl JwtAuthBuilder {
                 claims_inserter: self.claims_inserter,
                 realm: self.realm,
                 renderer: self.renderer,
+                observer: self.observer,
             }),
         })
     }

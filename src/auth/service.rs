@@ -159,6 +159,7 @@ fn reject<B, ResBody>(
     error: &AuthError,
 ) -> Response<ResponseBody<ResBody>> {
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
+    shared.observer.auth_rejected(error.reason());
     shared.renderer.respond(
         &error.rejection(shared.realm.as_deref()),
         &RequestHead::of(request),

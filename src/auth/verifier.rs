@@ -87,6 +87,7 @@ impl Verifier {
             super::http::HttpFetcher,
             super::jwks::JwksOptions,
             tokio::runtime::Handle,
+            crate::observe::Observer,
         )>,
     ) -> Self {
         let issuers = issuers
@@ -98,7 +99,7 @@ impl Verifier {
                 ));
                 #[cfg(feature = "jwks")]
                 let refresher = match (&issuer.jwks, &jwks) {
-                    (Some(location), Some((fetcher, options, runtime))) => {
+                    (Some(location), Some((fetcher, options, runtime, observer))) => {
                         Some(super::jwks::spawn(
                             issuer.iss.clone().unwrap_or_default(),
                             location.clone(),
@@ -106,6 +107,7 @@ impl Verifier {
                             fetcher.clone(),
                             *options,
                             runtime,
+                            observer.clone(),
                         ))
                     }
                     _ => None,

@@ -15,8 +15,15 @@ use super::GatewayMetrics;
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves a [`GatewayMetrics`] registry in OpenMetrics text format — a plain
-/// tower service, usable as an axum route service.
+/// The Prometheus text format 0.0.4 content type.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves a [`GatewayMetrics`] registry — a plain tower service, usable as
+/// an axum route service.
+///
+/// The format follows the `Accept` header: OpenMetrics text when it names
+/// `application/openmetrics-text` (as Prometheus does) or names no known
+/// format, Prometheus text format 0.0.4 when it asks for `text/plain` only.
 ///
 /// ```
 /// use axum::{Router, routing::get_service};
@@ -48,12 +55,28 @@ impl<B> Service<Request<B>> for MetricsHandler {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _request: Request<B>) -> Self::Future {
-        let mut response = Response::new(Full::new(Bytes::from(self.metrics.encode())));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
-        );
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let accept = request
+            .headers()
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(",");
+        let plain_text =
+            !accept.contains("application/openmetrics-text") && accept.contains("text/plain");
+        let (body, content_type) = if plain_text {
+            (
+                self.metrics.encode_prometheus_text(),
+                PROMETHEUS_TEXT_CONTENT_TYPE,
+            )
+        } else {
+            (self.metrics.encode(), OPENMETRICS_CONTENT_TYPE)
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         ready(Ok(response))
     }
 }

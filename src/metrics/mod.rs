@@ -42,6 +42,6 @@ mod handler;
 mod layer;
 mod registry;
 
-pub use handler::{MetricsHandler, OPENMETRICS_CONTENT_TYPE};
+pub use handler::{MetricsHandler, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use layer::{Metrics, MetricsBody, MetricsLayer, ResponseFuture};
 pub use registry::{DEFAULT_LATENCY_BUCKETS, DEFAULT_SIZE_BUCKETS, GatewayMetrics, MetricsConfig};

@@ -99,6 +99,19 @@ impl MetricsConfig {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn text_format_names_counters_with_total() {
+        let om = "# HELP a_b Help.\n# TYPE a_b counter\na_b_total{x=\"1\"} 1\n# HELP g G.\n# TYPE g gauge\n# UNIT g seconds\ng 2.0\n# EOF\n";
+        let text = super::openmetrics_to_text(om);
+        assert_eq!(
+            text,
+            "# HELP a_b_total Help.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 1\n# HELP g G.\n# TYPE g gauge\ng 2.0\n"
+        );
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct RouteMethod {
     pub(crate) route: Arc<str>,
@@ -395,11 +408,54 @@ impl GatewayMetrics {
         out
     }
 
+    /// The registry in the Prometheus text exposition format 0.0.4, for
+    /// scrapers and tools that do not speak OpenMetrics (`promtool check
+    /// metrics` among them). Counters are named with their `_total` suffix,
+    /// `# UNIT` and `# EOF` lines are left out; samples are identical.
+    pub fn encode_prometheus_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+
     /// This registry as an [`Observer`](crate::observe::Observer) for the
     /// other layers.
     pub fn observer(&self) -> crate::observe::Observer {
         crate::observe::Observer::new(self.clone())
     }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4: the two differ
+/// in counter family names (`x` vs `x_total`), `# UNIT` and `# EOF`.
+pub(crate) fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(kind);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl Observe for GatewayMetrics {

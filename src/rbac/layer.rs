@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::policy::{Decision, Policy, RoleHierarchy, Rule};
 use crate::{
     identity::{Identity, RoleSource},
+    observe::Observer,
     path,
     reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture},
 };
@@ -29,6 +30,7 @@ struct Shared {
     shadow: bool,
     renderer: Renderer,
     realm: Option<String>,
+    observer: Observer,
 }
 
 impl RbacLayer {
@@ -42,6 +44,7 @@ impl RbacLayer {
                 shadow: false,
                 renderer: Renderer::default(),
                 realm: None,
+                observer: Observer::default(),
             }),
         }
     }
@@ -103,6 +106,12 @@ impl RbacLayer {
     /// The `realm` of the `WWW-Authenticate` challenge on 401.
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.shared).realm = Some(realm.into());
+        self
+    }
+
+    /// Reports denials (per rule, enforce or shadow) to `observer`.
+    pub fn observer(mut self, observer: Observer) -> Self {
+        Arc::make_mut(&mut self.shared).observer = observer;
         self
     }
 
@@ -174,6 +183,7 @@ where
         }
         shared.policy.count_denial(matched);
         let rule = shared.policy.label(matched);
+        shared.observer.rbac_denied(rule, shared.shadow);
         let subject = identity.and_then(Identity::subject).unwrap_or("-");
         if shared.shadow {
             tracing::warn!(

@@ -4,9 +4,10 @@
 //! - a development auth server (`127.0.0.1:9000`) that signs ES256 tokens and
 //!   publishes its key through OIDC discovery and a JWKS, as Keycloak or
 //!   Auth0 would;
-//! - the gateway (`127.0.0.1:8080`): `JwtAuthLayer` (keys from the auth
-//!   server's JWKS) and `RbacLayer` (one policy table) in front of the Order,
-//!   Payment and Inventory handlers.
+//! - the gateway (`127.0.0.1:8080`): `MetricsLayer` (Prometheus metrics at
+//!   `/metrics`), `JwtAuthLayer` (keys from the auth server's JWKS) and
+//!   `RbacLayer` (one policy table) in front of the Order, Payment and
+//!   Inventory handlers.
 //!
 //! ```sh
 //! cargo run --example gateway
@@ -34,6 +35,7 @@ use tower::ServiceBuilder;
 use tower_gateway::{
     Identity,
     auth::{Issuer, JwtAuthLayer},
+    metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
     rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
 };
 
@@ -52,12 +54,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth_listener = tokio::net::TcpListener::bind(auth_addr).await?;
     tokio::spawn(dev_auth_server(auth_listener, issuer.clone()));
 
+    let metrics = GatewayMetrics::default();
     let auth = JwtAuthLayer::builder()
         .issuer(
             Issuer::new(issuer.clone())
                 .audience(AUDIENCE)
                 .oidc_discovery(),
         )
+        .observer(metrics.observer())
+        // Requests without a token reach RBAC, which lets public routes
+        // (/health) through and answers 401 for the others.
+        .allow_anonymous(true)
         .build()?;
     if !auth.wait_for_keys(Duration::from_secs(5)).await {
         return Err("the auth server published no keys".into());
@@ -89,7 +96,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .rule(Rule::new("/inventory").any_of(["admin"]))
         .deny_unmatched(true)
         .build()?;
-    let rbac = RbacLayer::new(policy).hierarchy(RoleHierarchy::new().inherit("admin", ["user"]));
+    let rbac = RbacLayer::new(policy)
+        .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]))
+        .observer(metrics.observer());
 
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
@@ -102,7 +111,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "/inventory",
             get(|| async { Json(json!({"items": {"sku-1": 3}})) }),
         )
-        .layer(ServiceBuilder::new().layer(auth).layer(rbac));
+        .layer(ServiceBuilder::new().layer(auth).layer(rbac))
+        // Outside auth: Prometheus scrapes without a token.
+        .route_service("/metrics", MetricsHandler::new(&metrics))
+        .layer(MetricsLayer::new(&metrics).route_from(|parts| {
+            parts
+                .extensions
+                .get::<axum::extract::MatchedPath>()
+                .map(|m| m.as_str().to_owned())
+        }));
     let listener = tokio::net::TcpListener::bind(gateway_addr).await?;
     println!("auth server on http://{auth_addr}, gateway on http://{gateway_addr}");
     println!("token: curl -s 'http://{auth_addr}/token?sub=alice&roles=user'");

@@ -335,20 +335,20 @@ impl CircuitBreaker {
 
     /// Opens the circuit, unless its group forbids ejecting this endpoint.
     fn open(&self, machine: &mut Machine, reopening: bool) {
-        if !machine.holds_ejection {
-            if let Some(group) = &self.shared.group {
-                if !group.try_eject() {
-                    tracing::debug!(target: "tower_gateway::circuit", name = %self.shared.name, "ejection refused by group limits");
-                    // Stay (or go back to) closed, with a clean slate.
-                    machine.window.clear();
-                    machine.consecutive_failures = 0;
-                    if machine.state != CircuitState::Closed {
-                        self.transition(machine, CircuitState::Closed);
-                    }
-                    return;
+        if !machine.holds_ejection
+            && let Some(group) = &self.shared.group
+        {
+            if !group.try_eject() {
+                tracing::debug!(target: "tower_gateway::circuit", name = %self.shared.name, "ejection refused by group limits");
+                // Stay (or go back to) closed, with a clean slate.
+                machine.window.clear();
+                machine.consecutive_failures = 0;
+                if machine.state != CircuitState::Closed {
+                    self.transition(machine, CircuitState::Closed);
                 }
-                machine.holds_ejection = true;
+                return;
             }
+            machine.holds_ejection = true;
         }
         let exponent = if reopening {
             machine.reopens.min(16)
@@ -377,10 +377,10 @@ impl CircuitBreaker {
                 machine.window.clear();
                 machine.consecutive_failures = 0;
                 machine.reopens = 0;
-                if std::mem::take(&mut machine.holds_ejection) {
-                    if let Some(group) = &self.shared.group {
-                        group.release();
-                    }
+                if std::mem::take(&mut machine.holds_ejection)
+                    && let Some(group) = &self.shared.group
+                {
+                    group.release();
                 }
             }
             CircuitState::HalfOpen => {

@@ -87,11 +87,18 @@ pub(crate) fn path_rejection(error: PathError) -> Rejection {
     Rejection::bad_request("invalid_path", error.to_string())
 }
 
-/// Normalizes the request's path unless a [`NormalizedPath`] is already in
-/// its extensions: rewrites the URI when the path changed and records the
-/// result. Returns the normalized path.
+/// Normalizes the request's path unless a [`NormalizedPath`] equal to the
+/// current path is already in its extensions: rewrites the URI when the path
+/// changed and records the result. Returns the normalized path.
 pub(crate) fn apply<B>(request: &mut Request<B>) -> Result<NormalizedPath, PathError> {
-    if let Some(done) = request.extensions().get::<NormalizedPath>() {
+    // Reuse what an earlier layer recorded only while the URI still carries
+    // that path. A layer in between may have rewritten it (axum's `nest`
+    // strips its prefix, a rewrite layer maps `/api/orders` to `/orders`);
+    // deciding on the stale path would authorize a path other than the one
+    // the upstream receives.
+    if let Some(done) = request.extensions().get::<NormalizedPath>()
+        && done.as_str() == request.uri().path()
+    {
         return Ok(done.clone());
     }
     let normalized = match normalize_cow(request.uri().path())? {

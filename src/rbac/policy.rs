@@ -133,7 +133,9 @@ impl Rule {
         self
     }
 
-    /// Restricts the rule to these methods (default: every method).
+    /// Restricts the rule to these methods (default: every method). A rule
+    /// for `GET` also covers `HEAD`, which routers answer with the `GET`
+    /// handler.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self
@@ -422,7 +424,13 @@ impl Policy {
         hierarchy: &RoleHierarchy,
     ) -> (Decision, Matched) {
         let Some((index, rule)) = self.rules.iter().enumerate().find(|(_, rule)| {
-            (rule.methods.is_empty() || rule.methods.contains(method))
+            (rule.methods.is_empty()
+                || rule.methods.contains(method)
+                // HEAD is GET without the body (RFC 9110 §9.3.2), and axum,
+                // hyper routers and Express answer it with the GET handler:
+                // a GET rule must guard HEAD too, or HEAD runs an admin-only
+                // handler for anyone.
+                || (method == Method::HEAD && rule.methods.contains(&Method::GET)))
                 && rule.pattern.matches(path, self.case_insensitive)
         }) else {
             let decision = match (self.deny_unmatched, roles) {

@@ -79,7 +79,8 @@ impl JwksOptions {
     /// How long a request whose token names an unknown `kid` waits for a
     /// refresh that it triggered, or that is already running, before it is
     /// refused (default 1 s; zero never waits). The request never fetches
-    /// anything itself.
+    /// anything itself. While it waits it holds the inner service it was
+    /// admitted to (and any capacity that service reserved in `poll_ready`).
     pub fn unknown_kid_wait(mut self, wait: Duration) -> Self {
         self.unknown_kid_wait = wait;
         self

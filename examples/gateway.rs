@@ -112,14 +112,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(|| async { Json(json!({"items": {"sku-1": 3}})) }),
         )
         .layer(ServiceBuilder::new().layer(auth).layer(rbac))
-        // Outside auth: Prometheus scrapes without a token.
-        .route_service("/metrics", MetricsHandler::new(&metrics))
         .layer(MetricsLayer::new(&metrics).route_from(|parts| {
             parts
                 .extensions
                 .get::<axum::extract::MatchedPath>()
                 .map(|m| m.as_str().to_owned())
-        }));
+        }))
+        // Outside auth and metrics: Prometheus scrapes without a token, and
+        // its scrapes are not counted as traffic.
+        .route_service("/metrics", MetricsHandler::new(&metrics));
     let listener = tokio::net::TcpListener::bind(gateway_addr).await?;
     println!("auth server on http://{auth_addr}, gateway on http://{gateway_addr}");
     println!("token: curl -s 'http://{auth_addr}/token?sub=alice&roles=user'");

@@ -256,3 +256,70 @@ async fn a_dropped_response_still_leaves_in_flight_at_zero() {
         Some(0.0)
     );
 }
+
+#[cfg(feature = "jwt")]
+mod support;
+
+/// The recommended order — metrics outside authentication — still labels
+/// per-consumer series: the auth layer hands the verified identity back in
+/// the response extensions.
+#[cfg(feature = "jwt")]
+#[tokio::test]
+async fn consumers_are_counted_with_metrics_outside_auth() {
+    use tower_gateway::auth::{Algorithm, Issuer, JwtAuthLayer, JwtKey};
+    let metrics = GatewayMetrics::default();
+    let auth = JwtAuthLayer::builder()
+        .issuer(
+            Issuer::new(support::ISSUER)
+                .audience(support::AUDIENCE)
+                .key(JwtKey::hmac(support::HMAC_SECRET)),
+        )
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .map_request(with_route("/orders"))
+        .layer(MetricsLayer::new(&metrics))
+        .layer(auth)
+        .service(status_service(None));
+    for (who, n) in [("alice", 3), ("bob", 2)] {
+        let token = support::mint(Algorithm::HS256, None, &support::claims(who, &["user"]));
+        for _ in 0..n {
+            let req = Request::get("/orders")
+                .header("authorization", format!("Bearer {token}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = svc.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+        }
+    }
+    // An unauthenticated request has no consumer.
+    svc.clone()
+        .oneshot(
+            Request::get("/orders")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_consumer_requests_total{consumer=\"alice\",status=\"200\"}"
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "gateway_consumer_requests_total{consumer=\"bob\",status=\"200\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        label_values(&text, "gateway_consumer_requests_total", "consumer").len(),
+        2
+    );
+}

@@ -79,7 +79,10 @@ where
         };
         match outcome {
             Ok(identity) => match admit(shared, &mut request, identity) {
-                Ok(()) => ResponseFuture::inner(inner.call(request)),
+                Ok(()) => {
+                    let identity = request.extensions().get::<Identity>().cloned();
+                    ResponseFuture::admitted(inner.call(request), identity)
+                }
                 Err(error) => ResponseFuture::rejected(reject(shared, &request, &error)),
             },
             Err(Failure::Retry(failure, token)) => {
@@ -93,10 +96,14 @@ where
                             _ => Err(failure.error),
                         };
                         match verdict.and_then(|identity| admit(&shared, &mut request, identity)) {
-                            Ok(()) => inner
-                                .call(request)
-                                .await
-                                .map(|response| response.map(ResponseBody::inner)),
+                            Ok(()) => {
+                                let identity = request.extensions().get::<Identity>().cloned();
+                                let mut response = inner.call(request).await?;
+                                if let Some(identity) = identity {
+                                    response.extensions_mut().insert(identity);
+                                }
+                                Ok(response.map(ResponseBody::inner))
+                            }
                             Err(error) => Ok(reject(&shared, &request, &error)),
                         }
                     }));

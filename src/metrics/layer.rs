@@ -214,8 +214,14 @@ impl Record {
         self.finish();
     }
 
-    fn head(&mut self, headers: &HeaderMap, status: u16) {
+    fn head(&mut self, headers: &HeaderMap, extensions: &http::Extensions, status: u16) {
         self.status = status;
+        if self.consumer.is_none()
+            && let Some(cap) = &self.metrics.inner.consumers
+            && let Some(subject) = extensions.get::<Identity>().and_then(Identity::subject)
+        {
+            self.consumer = Some(cap.get(subject));
+        }
         let f = &self.metrics.inner.families;
         f.duration
             .get_or_create(&self.labels)
@@ -332,6 +338,9 @@ impl<S> Metrics<S> {
         } else {
             None
         };
+        // With the layer outside authentication (its recommended place) the
+        // identity is not on the request yet; the auth layer copies it into
+        // the response extensions, where `head` looks.
         let consumer = inner.consumers.as_ref().and_then(|cap| {
             request
                 .extensions()
@@ -388,7 +397,11 @@ where
         };
         Poll::Ready(match result {
             Ok(response) => {
-                record.head(response.headers(), response.status().as_u16());
+                record.head(
+                    response.headers(),
+                    response.extensions(),
+                    response.status().as_u16(),
+                );
                 Ok(response.map(|body| MetricsBody {
                     body,
                     record: Some(record),

@@ -59,6 +59,9 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod auth;
 pub mod circuit;
+#[cfg(feature = "client")]
+#[cfg_attr(docsrs, doc(cfg(feature = "client")))]
+pub mod client;
 pub mod identity;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]

@@ -20,7 +20,8 @@ use tokio::{
     time::Instant,
 };
 
-use super::{http::HttpFetcher, keys::parse_jwks, store::KeyStore};
+use super::{keys::parse_jwks, store::KeyStore};
+use crate::client::HttpFetcher;
 
 /// Where an issuer publishes its keys.
 #[derive(Debug, Clone)]

@@ -66,7 +66,7 @@ pub enum JwtConfigError {
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
     #[error(transparent)]
-    HttpClient(#[from] super::HttpClientError),
+    HttpClient(#[from] crate::client::HttpClientError),
 }
 
 /// Builds a [`JwtAuthLayer`].

@@ -68,8 +68,6 @@
 
 mod error;
 mod future;
-#[cfg(feature = "jwks")]
-mod http;
 mod issuer;
 #[cfg(feature = "jwks")]
 mod jwks;
@@ -80,11 +78,11 @@ mod store;
 mod token;
 mod verifier;
 
-pub use error::AuthError;
-pub use future::ResponseFuture;
 #[cfg(feature = "jwks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
-pub use http::{HttpClientConfig, HttpClientError};
+pub use crate::client::{HttpClientConfig, HttpClientError};
+pub use error::AuthError;
+pub use future::ResponseFuture;
 pub use issuer::Issuer;
 pub use jsonwebtoken::Algorithm;
 #[cfg(feature = "jwks")]

@@ -84,7 +84,7 @@ impl Verifier {
         issuers: Vec<Issuer>,
         settings: Settings,
         #[cfg(feature = "jwks")] jwks: Option<(
-            super::http::HttpFetcher,
+            crate::client::HttpFetcher,
             super::jwks::JwksOptions,
             tokio::runtime::Handle,
             crate::observe::Observer,

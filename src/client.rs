@@ -1,10 +1,12 @@
-//! The HTTP client that fetches JWKS and OIDC discovery documents.
+//! The HTTP client the gateway uses for its control plane: JWKS and OIDC
+//! discovery documents, Consul's API. One configuration type, so custom CAs
+//! and timeouts are set the same way everywhere.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
@@ -12,11 +14,11 @@ use hyper_util::{
 };
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
-/// How the gateway talks to the auth server (JWKS and OIDC discovery).
+/// How the gateway talks to its control plane (auth server, Consul).
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_gateway::auth::HttpClientConfig;
+/// use tower_gateway::client::HttpClientConfig;
 ///
 /// let cfg = HttpClientConfig::default()
 ///     .connect_timeout(Duration::from_secs(2))
@@ -126,7 +128,7 @@ impl HttpClientConfig {
     }
 }
 
-/// Why a fetch failed; logged, never shown to clients.
+/// Why a control-plane request failed; logged, never shown to clients.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
     #[error("invalid url {0:?}")]
@@ -141,36 +143,66 @@ pub(crate) enum FetchError {
     Body(String),
 }
 
+/// A pooled HTTP/1.1 + HTTP/2 client over rustls (or plain TCP for
+/// `http://` URLs), with a size limit on response bodies.
 #[derive(Clone)]
 pub(crate) struct HttpFetcher {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     request_timeout: Duration,
     max_body_bytes: usize,
 }
 
+/// A response whose body was read in full.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub(crate) status: StatusCode,
+    // Read by clients that need response headers (Consul's `X-Consul-Index`).
+    #[allow(dead_code)]
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: Bytes,
+}
+
 impl HttpFetcher {
+    /// GETs `url` and returns the body of a 200 response.
     pub(crate) async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
         let uri: Uri = url.parse().map_err(|_| FetchError::Url(url.to_owned()))?;
         let request = Request::get(uri)
             .header(header::ACCEPT, "application/json")
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| FetchError::Url(e.to_string()))?;
+        let fetched = self.send(request, self.request_timeout).await?;
+        if fetched.status != StatusCode::OK {
+            return Err(FetchError::Status(fetched.status));
+        }
+        Ok(fetched.body)
+    }
+
+    /// Sends any request and reads the whole response within `timeout`
+    /// (which may be longer than the default, as Consul's blocking queries
+    /// need); the status is not checked.
+    pub(crate) async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Fetched, FetchError> {
         let work = async {
             let response = self
                 .client
                 .request(request)
                 .await
                 .map_err(|e| FetchError::Request(e.to_string()))?;
-            if response.status() != StatusCode::OK {
-                return Err(FetchError::Status(response.status()));
-            }
-            let body = Limited::new(response.into_body(), self.max_body_bytes)
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, self.max_body_bytes)
                 .collect()
                 .await
                 .map_err(|e| FetchError::Body(e.to_string()))?;
-            Ok(body.to_bytes())
+            Ok(Fetched {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
         };
-        tokio::time::timeout(self.request_timeout, work)
+        tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| FetchError::Timeout)?
     }

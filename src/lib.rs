@@ -8,6 +8,7 @@
 //! | [`auth`] | [`JwtAuthLayer`] | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
 //! | [`rbac`] | [`RbacLayer`] | role-based authorization per method and path |
 //! | [`circuit`] | [`CircuitBreakerLayer`](circuit::CircuitBreakerLayer) | circuit breaking and outlier ejection |
+//! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
 //! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //!
@@ -49,6 +50,8 @@
 //! | `jwks` | yes | JWKS / OIDC discovery for [`auth`] (hyper client, rustls) |
 //! | `rbac` | yes | [`rbac`] |
 //! | `metrics` | yes | [`metrics`] (prometheus-client) |
+//! | `ratelimit` | yes | [`ratelimit`] with the local limiter (governor) |
+//! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -62,12 +65,18 @@ pub mod circuit;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
+#[cfg(feature = "discovery")]
+#[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
+pub mod discovery;
 pub mod identity;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 pub mod observe;
 pub mod path;
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+pub mod ratelimit;
 #[cfg(feature = "rbac")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rbac")))]
 pub mod rbac;
@@ -80,6 +89,10 @@ pub use circuit::CircuitBreakerLayer;
 pub use identity::Identity;
 #[cfg(feature = "metrics")]
 pub use metrics::MetricsLayer;
+#[cfg(feature = "ratelimit")]
+pub use ratelimit::RateLimitLayer;
+#[cfg(feature = "redis")]
+pub use ratelimit::RedisRateLimitLayer;
 #[cfg(feature = "rbac")]
 pub use rbac::RbacLayer;
 

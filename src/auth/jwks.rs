@@ -97,15 +97,19 @@ pub(crate) struct JwksCounters {
 
 #[derive(Debug, Default)]
 struct Schedule {
+    /// When the last fetch started.
     last_started: Option<Instant>,
     in_flight: bool,
+    /// A token named an unknown key: fetch again as soon as the minimum
+    /// interval allows.
+    wanted: bool,
 }
 
 /// The request path's handle on a JWKS refresher.
 pub(crate) struct Refresher {
     notify: Notify,
     schedule: Mutex<Schedule>,
-    updated: watch::Sender<u64>,
+    updated: watch::Sender<Option<Instant>>,
     shutdown: AtomicBool,
     options: JwksOptions,
     pub(crate) counters: JwksCounters,
@@ -114,38 +118,28 @@ pub(crate) struct Refresher {
 impl Refresher {
     /// Asks for a refetch because a token named an unknown key.
     ///
-    /// Returns a receiver that changes when the next fetch completes, or
-    /// `None` when no fetch is running and the minimum interval since the
-    /// last one has not passed (the caller is refused at once).
-    pub(crate) fn request(&self) -> Option<watch::Receiver<u64>> {
-        if self.options.unknown_kid_wait.is_zero() {
-            // Still schedule the refetch, but nobody waits for it.
-            let _ = self.try_schedule();
-            return None;
-        }
+    /// The fetch runs as soon as the minimum interval since the last one
+    /// allows — never sooner, so a burst of unknown kids costs one fetch.
+    /// Returns a receiver that changes when a fetch completes if the caller
+    /// should wait for it (a fetch is running, or the next one starts
+    /// within `unknown_kid_wait`); `None` means refuse now.
+    pub(crate) fn request(&self) -> Option<watch::Receiver<Option<Instant>>> {
         let receiver = self.updated.subscribe();
-        self.try_schedule().then_some(receiver)
-    }
-
-    fn try_schedule(&self) -> bool {
         let Ok(mut schedule) = self.schedule.lock() else {
-            return false;
+            return None;
         };
-        if schedule.in_flight {
-            return true;
-        }
         let now = Instant::now();
-        let due = schedule
+        let next = schedule
             .last_started
-            .is_none_or(|t| now.duration_since(t) >= self.options.min_refetch_interval);
-        if due {
-            // Reserve the slot now, so a burst of unknown kids schedules
-            // exactly one fetch.
-            schedule.last_started = Some(now);
-            schedule.in_flight = true;
+            .map_or(now, |t| t + self.options.min_refetch_interval);
+        if !schedule.wanted {
+            schedule.wanted = true;
             self.notify.notify_one();
         }
-        due
+        let wait = self.options.unknown_kid_wait;
+        let worth_waiting =
+            !wait.is_zero() && (schedule.in_flight || next.saturating_duration_since(now) <= wait);
+        worth_waiting.then_some(receiver)
     }
 
     pub(crate) fn wait(&self) -> std::time::Duration {
@@ -155,15 +149,37 @@ impl Refresher {
     fn begin(&self) {
         if let Ok(mut schedule) = self.schedule.lock() {
             schedule.in_flight = true;
+            schedule.wanted = false;
             schedule.last_started = Some(Instant::now());
         }
     }
 
+    /// Marks the fetch done and tells waiters when it started: a waiter
+    /// that arrived before that instant has seen every key published
+    /// before it arrived.
     fn end(&self) {
-        if let Ok(mut schedule) = self.schedule.lock() {
-            schedule.in_flight = false;
+        let started = match self.schedule.lock() {
+            Ok(mut schedule) => {
+                schedule.in_flight = false;
+                schedule.last_started
+            }
+            Err(_) => None,
+        };
+        self.updated.send_replace(started);
+    }
+
+    /// When the task should fetch next, given the delay it chose after the
+    /// last fetch (refresh interval, or a back-off after a failure).
+    fn next_fetch(&self, delay: Duration) -> Instant {
+        let Ok(schedule) = self.schedule.lock() else {
+            return Instant::now() + delay;
+        };
+        let last = schedule.last_started.unwrap_or_else(Instant::now);
+        if schedule.wanted {
+            last + self.options.min_refetch_interval.min(delay)
+        } else {
+            last + delay
         }
-        self.updated.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub(crate) fn stop(&self) {
@@ -183,12 +199,13 @@ pub(crate) fn spawn(
     runtime: &tokio::runtime::Handle,
     observer: crate::observe::Observer,
 ) -> Arc<Refresher> {
-    let (updated, _) = watch::channel(0);
+    let (updated, _) = watch::channel(None);
     let refresher = Arc::new(Refresher {
         notify: Notify::new(),
         schedule: Mutex::new(Schedule {
             last_started: None,
             in_flight: true,
+            wanted: false,
         }),
         updated,
         shutdown: AtomicBool::new(false),
@@ -256,9 +273,17 @@ impl Task {
                 }
             };
             self.refresher.end();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.refresher.notify.notified() => {}
+            // Sleep until the next fetch is due; a request for a refetch
+            // wakes the task to recompute that time, never to fetch early.
+            loop {
+                let next = self.refresher.next_fetch(delay);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(next) => break,
+                    _ = self.refresher.notify.notified() => {}
+                }
+                if self.refresher.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
             }
         }
     }

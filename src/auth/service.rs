@@ -90,11 +90,10 @@ where
                 if let Some((updated, wait)) = failure.refresh {
                     let shared = self.shared.clone();
                     return ResponseFuture::waiting(Box::pin(async move {
-                        let mut updated = updated;
-                        let verdict = match tokio::time::timeout(wait, updated.changed()).await {
-                            Ok(Ok(())) => shared.verifier.verify(&token).map_err(|f| f.error),
-                            _ => Err(failure.error),
-                        };
+                        let verdict = shared
+                            .verifier
+                            .verify_after_refresh(&token, updated, wait, failure.error)
+                            .await;
                         match verdict.and_then(|identity| admit(&shared, &mut request, identity)) {
                             Ok(()) => {
                                 let identity = request.extensions().get::<Identity>().cloned();

@@ -46,7 +46,10 @@ struct CachedToken {
 pub(crate) struct VerifyFailure {
     pub(crate) error: AuthError,
     #[cfg(feature = "jwks")]
-    pub(crate) refresh: Option<(tokio::sync::watch::Receiver<u64>, Duration)>,
+    pub(crate) refresh: Option<(
+        tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+        Duration,
+    )>,
 }
 
 impl From<AuthError> for VerifyFailure {
@@ -203,6 +206,41 @@ impl Verifier {
             );
         }
         Ok(identity)
+    }
+
+    /// Verifies again after JWKS fetches, until the token verifies, fails
+    /// for another reason, a fetch that started after the request arrived
+    /// has been seen (the key is not published), or `wait` is over. A
+    /// request never waits for more than one fetch it could not have
+    /// benefited from.
+    #[cfg(feature = "jwks")]
+    pub(crate) async fn verify_after_refresh(
+        &self,
+        token: &str,
+        mut updated: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+        wait: Duration,
+        first_error: AuthError,
+    ) -> Result<Identity, AuthError> {
+        let arrived = tokio::time::Instant::now();
+        let deadline = arrived + wait;
+        let mut error = first_error;
+        loop {
+            match tokio::time::timeout_at(deadline, updated.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return Err(error),
+            }
+            let fetch_started = *updated.borrow_and_update();
+            match self.verify(token) {
+                Ok(identity) => return Ok(identity),
+                Err(failure) => {
+                    let fresh_fetch_seen = fetch_started.is_some_and(|t| t >= arrived);
+                    if failure.refresh.is_none() || fresh_fetch_seen {
+                        return Err(failure.error);
+                    }
+                    error = failure.error;
+                }
+            }
+        }
     }
 
     fn select_issuer(&self, token: &str) -> Result<usize, AuthError> {

@@ -32,9 +32,11 @@
 
 mod layer;
 
-pub use layer::{NormalizePath, NormalizePathLayer};
+#[cfg(any(feature = "rbac", feature = "proxy"))]
+pub(crate) use layer::apply;
 #[cfg(feature = "rbac")]
-pub(crate) use layer::{apply, path_rejection};
+pub(crate) use layer::path_rejection;
+pub use layer::{NormalizePath, NormalizePathLayer};
 
 use std::{borrow::Cow, fmt};
 

@@ -1,0 +1,246 @@
+//! The proxy service: dispatches each request to its route's upstream.
+
+use std::{
+    convert::Infallible,
+    fmt,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tower_service::Service;
+
+use super::{
+    ForwardedHeaders, ProxyBody, RouteMatch, RouteTable,
+    headers::{add_forwarding, is_upgrade, remove_hop_by_hop},
+    retry::Replayable,
+};
+use crate::reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody};
+
+/// The address of the client that opened the connection. Insert it into
+/// request extensions in your accept loop (the [`crate::tls`] server helpers
+/// do); the proxy appends it to `X-Forwarded-For` / `Forwarded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Forwards requests to the upstream of their route (see the [module
+/// documentation](super)).
+#[derive(Clone)]
+pub struct Proxy {
+    table: Arc<RouteTable>,
+    forwarded: ForwardedHeaders,
+    preserve_host: bool,
+    https: bool,
+    renderer: Renderer,
+}
+
+impl fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Proxy")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy over `table`.
+    pub fn new(table: &Arc<RouteTable>) -> Self {
+        Self {
+            table: table.clone(),
+            forwarded: ForwardedHeaders::default(),
+            preserve_host: false,
+            https: false,
+            renderer: Renderer::default(),
+        }
+    }
+
+    /// Which forwarding headers to send (default `X-Forwarded-*`).
+    pub fn forwarded_headers(mut self, style: ForwardedHeaders) -> Self {
+        self.forwarded = style;
+        self
+    }
+
+    /// Sends the client's `Host` to the upstream instead of the endpoint's
+    /// authority (Kong's `preserve_host`).
+    pub fn preserve_host(mut self, yes: bool) -> Self {
+        self.preserve_host = yes;
+        self
+    }
+
+    /// Whether clients reach the gateway over TLS (`X-Forwarded-Proto`).
+    pub fn client_https(mut self, yes: bool) -> Self {
+        self.https = yes;
+        self
+    }
+
+    /// Renders 400/404/405 rejections with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+
+    fn refuse<B>(&self, request: &Request<B>, rejection: Rejection) -> ProxyFuture {
+        let response = self.renderer.respond(&rejection, &RequestHead::of(request));
+        Box::pin(std::future::ready(Ok(response)))
+    }
+}
+
+/// The response future of [`Proxy`].
+pub type ProxyFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<Incoming>>, Infallible>> + Send>>;
+
+fn box_body<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    body.map_err(|error| -> tower::BoxError { error.into() })
+        .boxed_unsync()
+}
+
+pub(crate) fn empty_body() -> ProxyBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+impl<B> Service<Request<B>> for Proxy
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tower::BoxError>,
+{
+    type Response = Response<ResponseBody<Incoming>>;
+    type Error = Infallible;
+    type Future = ProxyFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Which upstream serves a request is known only in `call`; each call
+        // drives its upstream's readiness itself.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let Some(found) = self.table.annotate(&mut request) else {
+            let error = crate::path::normalize(request.uri().path()).err();
+            let detail = error.map_or_else(|| "invalid path".to_owned(), |e| e.to_string());
+            return self.refuse(&request, Rejection::bad_request("invalid_path", detail));
+        };
+        let index = match found {
+            RouteMatch::Found(index) => index,
+            RouteMatch::MethodNotAllowed(allow) => {
+                let rejection = Rejection::new(
+                    RejectionKind::MethodNotAllowed,
+                    "method_not_allowed",
+                    "method not allowed",
+                )
+                .with_header(header::ALLOW, allow);
+                return self.refuse(&request, rejection);
+            }
+            RouteMatch::NotFound => {
+                return self.refuse(
+                    &request,
+                    Rejection::new(RejectionKind::NotFound, "no_route", "no route"),
+                );
+            }
+        };
+        let Some((route, _, upstream)) = self.table.entry(index) else {
+            return self.refuse(
+                &request,
+                Rejection::new(RejectionKind::NotFound, "no_route", "no route"),
+            );
+        };
+        let upstream = upstream.clone();
+
+        if route.strips_prefix() {
+            strip_prefix(request.uri_mut(), route.prefix_str());
+        }
+        let upgrade = is_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let original_host = request.headers().get(header::HOST).cloned();
+        let client = request.extensions().get::<super::ClientAddr>().map(|c| c.0);
+        let headers = request.headers_mut();
+        remove_hop_by_hop(headers, upgrade);
+        add_forwarding(
+            headers,
+            self.forwarded,
+            client,
+            if self.https { "https" } else { "http" },
+            original_host.as_ref(),
+        );
+        if !self.preserve_host {
+            // hyper-util sets `Host` from the upstream URI when absent.
+            headers.remove(header::HOST);
+        }
+        if request.body().size_hint().exact() == Some(0) && !upgrade {
+            request.extensions_mut().insert(Replayable);
+        }
+        let request: Request<ProxyBody> = request.map(box_body);
+
+        Box::pin(forward(upstream, request, client_upgrade))
+    }
+}
+
+/// Sends the request upstream once the upstream is ready; on
+/// `101 Switching Protocols` splices the two upgraded connections.
+async fn forward(
+    mut upstream: super::UpstreamService,
+    request: Request<ProxyBody>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<ResponseBody<Incoming>>, Infallible> {
+    std::future::poll_fn(|cx| upstream.poll_ready(cx)).await?;
+    let mut response = upstream.call(request).await?;
+    if let Some(client_upgrade) = client_upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+    } else {
+        remove_hop_by_hop(response.headers_mut(), false);
+    }
+    Ok(response)
+}
+
+/// Copies bytes both ways between an upgraded client connection and the
+/// upgraded upstream connection until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::debug!(target: "tower_gateway::proxy", %error, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(target: "tower_gateway::proxy", %error, "upgraded connection ended");
+    }
+}
+
+fn strip_prefix(uri: &mut Uri, prefix: &str) {
+    if prefix == "/" {
+        return;
+    }
+    let path = uri.path();
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let pq = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let Ok(pq) = PathAndQuery::try_from(pq) else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(new) = Uri::from_parts(parts) {
+        *uri = new;
+    }
+}

@@ -78,6 +78,7 @@ pub struct Upstream {
     circuit: CircuitConfig,
     max_ejected_fraction: f64,
     queue: usize,
+    default_rtt: Duration,
     observer: Observer,
     renderer: Renderer,
 }
@@ -106,6 +107,7 @@ impl Upstream {
             circuit: CircuitConfig::default(),
             max_ejected_fraction: 0.5,
             queue: 1024,
+            default_rtt: Duration::from_millis(30),
             observer: Observer::default(),
             renderer: Renderer::default(),
         }
@@ -161,6 +163,15 @@ impl Upstream {
         self
     }
 
+    /// The latency a new endpoint is assumed to have until it has answered
+    /// (default 30 ms, as in linkerd). Peak-EWMA prefers endpoints
+    /// with lower cost, so a lower value sends new endpoints traffic sooner;
+    /// a higher one warms them up more cautiously.
+    pub fn default_rtt(mut self, rtt: Duration) -> Self {
+        self.default_rtt = rtt;
+        self
+    }
+
     /// Reports endpoints, circuit states and upstream latency to `observer`.
     pub fn observer(mut self, observer: Observer) -> Self {
         self.observer = observer;
@@ -213,10 +224,10 @@ impl Upstream {
         );
         // Peak-EWMA (linkerd's default): an endpoint's cost is its latency,
         // decaying over 10 s, times its in-flight requests; a new endpoint
-        // starts at 30 ms.
+        // starts at `default_rtt`.
         let endpoints = PeakEwmaDiscover::new::<Request<ProxyBody>>(
             endpoints,
-            Duration::from_millis(30),
+            self.default_rtt,
             Duration::from_secs(10),
             CompleteOnResponse::default(),
         );

@@ -11,6 +11,7 @@
 //! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
 //! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
+//! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
 //! the rejection model ([`reject`]: RFC 9457 problem JSON, RFC 6750
@@ -85,6 +86,9 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod reject;
 pub mod route;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 
 #[cfg(feature = "jwt")]
 pub use auth::JwtAuthLayer;

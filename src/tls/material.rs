@@ -1,0 +1,123 @@
+//! PEM in, rustls pieces out: the certificate chain and key this side
+//! presents, and the private CA that the other side must chain to.
+
+use std::sync::Arc;
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    client::WebPkiServerVerifier,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+    sign::{CertifiedKey, SingleCertAndKey},
+};
+
+use super::TlsError;
+
+/// The ALPN protocols the server offers: HTTP/2 first, as gRPC needs it
+/// (RFC 7540 §3.3), then HTTP/1.1.
+const SERVER_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// One consistent set of TLS material: everything a handshake needs,
+/// derived once per (re)load so handshakes only clone `Arc`s.
+#[derive(Debug)]
+pub(super) struct Material {
+    /// The chain and key this side presents (as server or as client).
+    pub(super) key: Arc<CertifiedKey>,
+    /// The configuration for server handshakes: mandatory client
+    /// certificates chaining to the private CA.
+    pub(super) server: Arc<ServerConfig>,
+    /// Verifies servers against the private CA only.
+    pub(super) server_verifier: Arc<WebPkiServerVerifier>,
+}
+
+impl Material {
+    /// Parses and checks the three PEM inputs; nothing is kept unless all
+    /// of them are usable and the key matches the leaf certificate.
+    pub(super) fn from_pem(
+        chain: &[u8],
+        key: &[u8],
+        ca: &[u8],
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let chain = certificates(chain, "certificate chain")?;
+        let key = private_key(key)?;
+        let mut roots = RootCertStore::empty();
+        for cert in certificates(ca, "ca")? {
+            roots.add(cert)?;
+        }
+        let roots = Arc::new(roots);
+
+        let key = Arc::new(CertifiedKey::from_der(chain, key, provider)?);
+        // Mandatory: a client without a certificate, or with one that does
+        // not chain to the private CA, is refused during the handshake
+        // (Express's `requestCert: true, rejectUnauthorized: true`).
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(client_verifier)
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
+        server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+        let server_verifier =
+            WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+        Ok(Self {
+            key,
+            server: Arc::new(server),
+            server_verifier,
+        })
+    }
+}
+
+/// Every certificate in `pem`; at least one, and no malformed section.
+fn certificates(pem: &[u8], what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { what });
+    }
+    Ok(certs)
+}
+
+/// The first private key in `pem` (PKCS#8, PKCS#1 or SEC1).
+fn private_key(pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|source| match source {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoPrivateKey,
+        source => TlsError::Pem {
+            what: "private key",
+            source,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Arc<CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_input_named() {
+        let p = provider();
+        let err = Material::from_pem(b"garbage", b"garbage", b"garbage", &p).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TlsError::NoCertificate {
+                    what: "certificate chain"
+                }
+            ),
+            "{err}"
+        );
+        let truncated = b"-----BEGIN CERTIFICATE-----\nMIIB\n";
+        let err = certificates(truncated, "ca").unwrap_err();
+        assert!(matches!(err, TlsError::Pem { what: "ca", .. }), "{err}");
+        assert!(matches!(
+            private_key(b"nothing"),
+            Err(TlsError::NoPrivateKey)
+        ));
+    }
+}

@@ -1,0 +1,87 @@
+//! Reading the verified peer certificate as a [`PeerIdentity`].
+
+use rustls::{ServerConnection, pki_types::CertificateDer};
+use x509_parser::{
+    certificate::X509Certificate, extensions::GeneralName, objects::oid_registry, prelude::FromDer,
+};
+
+use crate::identity::PeerIdentity;
+
+/// Why a peer certificate could not be read as an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerCertificateError {
+    /// The connection carries no verified client certificate.
+    #[error("no peer certificate")]
+    Missing,
+    /// The certificate is not valid DER X.509.
+    #[error("peer certificate: {0}")]
+    Malformed(String),
+}
+
+/// The identity proven by the client certificate of a finished server
+/// handshake: the leaf's subject and its DNS and URI SANs.
+///
+/// Call it only on connections accepted with client certificates
+/// *required and verified* (as [`MtlsAcceptor`](super::MtlsAcceptor) does):
+/// rustls reports the certificates it verified, and an unverified
+/// certificate proves nothing.
+///
+/// ```no_run
+/// # async fn f(stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+/// let (_, connection) = stream.get_ref();
+/// let peer = tower_gateway::tls::peer_identity(connection).unwrap();
+/// println!("{} {:?}", peer.subject, peer.sans);
+/// # }
+/// ```
+pub fn peer_identity(connection: &ServerConnection) -> Result<PeerIdentity, PeerCertificateError> {
+    let leaf = connection
+        .peer_certificates()
+        .and_then(<[_]>::first)
+        .ok_or(PeerCertificateError::Missing)?;
+    parse_peer_certificate(leaf)
+}
+
+/// Reads a DER certificate as a [`PeerIdentity`]: the subject
+/// distinguished name as text (`CN=orders, O=shop`, in certificate order)
+/// and the DNS and URI subject alternative names in certificate order
+/// (SPIFFE IDs are URI SANs). Other SAN types (IP addresses, e-mail) are
+/// not identities a policy should name and are left out.
+///
+/// This parses; it does not verify. Use it on certificates a verifier
+/// accepted.
+pub fn parse_peer_certificate(
+    certificate: &CertificateDer<'_>,
+) -> Result<PeerIdentity, PeerCertificateError> {
+    let malformed = |e: &dyn std::fmt::Display| PeerCertificateError::Malformed(e.to_string());
+    let (_, cert) = X509Certificate::from_der(certificate.as_ref()).map_err(|e| malformed(&e))?;
+    let subject = cert
+        .subject()
+        .to_string_with_registry(oid_registry())
+        .map_err(|e| malformed(&e))?;
+    let mut sans = Vec::new();
+    if let Some(extension) = cert.subject_alternative_name().map_err(|e| malformed(&e))? {
+        for name in &extension.value.general_names {
+            if let GeneralName::DNSName(name) | GeneralName::URI(name) = name {
+                sans.push((*name).to_owned());
+            }
+        }
+    }
+    Ok(PeerIdentity { subject, sans })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        let der = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        assert!(matches!(
+            parse_peer_certificate(&der),
+            Err(PeerCertificateError::Malformed(_))
+        ));
+        let empty = CertificateDer::from(Vec::new());
+        assert!(parse_peer_certificate(&empty).is_err());
+    }
+}

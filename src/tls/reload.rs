@@ -1,0 +1,401 @@
+//! Certificates that change while the gateway runs: loaded from files,
+//! polled, and swapped atomically for the next handshake.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, Weak},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    ServerConfig, SignatureScheme,
+    client::ResolvesClientCert,
+    crypto::CryptoProvider,
+    pki_types::CertificateDer,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tokio::{sync::watch, task::JoinHandle, time::MissedTickBehavior};
+
+use super::{TlsError, material::Material};
+
+/// Where the PEM files of one TLS identity live: the certificate chain
+/// (leaf first), its private key, and the private CA the other side must
+/// chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    chain: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl CertificateFiles {
+    /// The chain, key and CA bundle paths.
+    pub fn new(chain: impl Into<PathBuf>, key: impl Into<PathBuf>, ca: impl Into<PathBuf>) -> Self {
+        Self {
+            chain: chain.into(),
+            key: key.into(),
+            ca: ca.into(),
+        }
+    }
+
+    /// The certificate chain (PEM, leaf first).
+    pub fn chain(&self) -> &Path {
+        &self.chain
+    }
+
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub fn key(&self) -> &Path {
+        &self.key
+    }
+
+    /// The private CA certificates (PEM).
+    pub fn ca(&self) -> &Path {
+        &self.ca
+    }
+
+    fn read(&self) -> Result<Contents, TlsError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| TlsError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        Ok(Contents {
+            chain: read(&self.chain)?,
+            key: read(&self.key)?,
+            ca: read(&self.ca)?,
+        })
+    }
+}
+
+/// The bytes of the three files, compared whole: PEM files are a few KiB,
+/// and metadata alone misses a rewrite within the file system's timestamp
+/// granularity.
+#[derive(Clone, PartialEq, Eq)]
+struct Contents {
+    chain: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+/// How reloading went so far; see [`ReloadingCertificates::subscribe`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReloadStatus {
+    /// New material that was loaded and is in use (the initial load is not
+    /// counted).
+    pub reloads: u64,
+    /// Attempts that failed and left the previous material in use:
+    /// unreadable files, garbage PEM, a key that does not match the
+    /// certificate.
+    pub failures: u64,
+}
+
+/// The TLS identity of the gateway — a certificate chain, its key and the
+/// private CA — swapped atomically when it changes, without a restart.
+///
+/// Both sides read it at every handshake:
+/// [`MtlsAcceptor`](super::MtlsAcceptor) takes the current
+/// [`ServerConfig`] (certificate *and* CA) per handshake, and
+/// [`MtlsClientConfig`](super::MtlsClientConfig) resolves its client
+/// certificate ([`ResolvesClientCert`]) and verifies servers against the
+/// current CA. It also implements [`ResolvesServerCert`], for a
+/// `ServerConfig` built elsewhere.
+///
+/// Material loaded from files is polled by [`watch`](Self::watch): when any
+/// of the three files changes, all three are parsed together and swapped
+/// in only if they are usable together (the key must match the
+/// certificate). Anything else — a half-written file, garbage PEM — keeps
+/// the current material and logs an error; the next change is tried
+/// again. Replace files atomically (write, then rename) where you can.
+///
+/// Existing connections keep the identity they were established with; the
+/// new material applies to new handshakes.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_gateway::tls::{CertificateFiles, ReloadingCertificates};
+///
+/// # #[tokio::main] async fn main() -> Result<(), tower_gateway::tls::TlsError> {
+/// let certs = ReloadingCertificates::from_files(CertificateFiles::new(
+///     "/etc/gateway/tls.crt",
+///     "/etc/gateway/tls.key",
+///     "/etc/gateway/ca.crt",
+/// ))?;
+/// let _poller = certs.watch(Duration::from_secs(10));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ReloadingCertificates {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    current: ArcSwap<Material>,
+    provider: Arc<CryptoProvider>,
+    files: Option<Watched>,
+    status: watch::Sender<ReloadStatus>,
+}
+
+struct Watched {
+    files: CertificateFiles,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    /// The contents of the material in use.
+    loaded: Contents,
+    /// What the last poll saw (contents, or the read error's text), so a
+    /// bad file is reported once, not at every poll.
+    seen: Result<Contents, String>,
+}
+
+impl fmt::Debug for ReloadingCertificates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingCertificates")
+            .field("files", &self.shared.files.as_ref().map(|w| &w.files))
+            .field("status", &*self.shared.status.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingCertificates {
+    /// Loads the three files now (blocking file reads: call it at start-up
+    /// or from a blocking context). Fails if they are not usable; after
+    /// that, bad files never replace good material.
+    pub fn from_files(files: CertificateFiles) -> Result<Self, TlsError> {
+        let provider = ring_provider();
+        let contents = files.read()?;
+        let material = Material::from_pem(&contents.chain, &contents.key, &contents.ca, &provider)?;
+        let watched = Watched {
+            files,
+            state: Mutex::new(WatchState {
+                seen: Ok(contents.clone()),
+                loaded: contents,
+            }),
+        };
+        Ok(Self::with(material, provider, Some(watched)))
+    }
+
+    /// Material given as PEM (from a secret store, say) rather than files.
+    /// It changes only through [`replace_pem`](Self::replace_pem).
+    pub fn from_pem(chain: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, TlsError> {
+        let provider = ring_provider();
+        let material = Material::from_pem(chain, key, ca, &provider)?;
+        Ok(Self::with(material, provider, None))
+    }
+
+    fn with(material: Material, provider: Arc<CryptoProvider>, files: Option<Watched>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(material),
+                provider,
+                files,
+                status: watch::Sender::new(ReloadStatus::default()),
+            }),
+        }
+    }
+
+    /// Swaps in new PEM material; on error the current material stays.
+    pub fn replace_pem(&self, chain: &[u8], key: &[u8], ca: &[u8]) -> Result<(), TlsError> {
+        let shared = &self.shared;
+        match Material::from_pem(chain, key, ca, &shared.provider) {
+            Ok(material) => {
+                shared.install(material);
+                Ok(())
+            }
+            Err(error) => {
+                shared.status.send_modify(|s| s.failures += 1);
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads the files now and swaps in their material if it changed
+    /// (blocking file reads). `Ok(false)`: nothing changed, or the
+    /// material did not come from files. On error the current material
+    /// stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        self.shared.reload()
+    }
+
+    /// Polls the files every `every` (at least 1 ms) on a background task
+    /// and reloads them when they change; see the type's documentation.
+    ///
+    /// The task ends when every clone of `self` (and every configuration
+    /// built from it) is dropped, or when the returned handle is aborted.
+    /// Material not loaded from files has nothing to poll. Must be called
+    /// within a Tokio runtime.
+    pub fn watch(&self, every: Duration) -> JoinHandle<()> {
+        let shared = Arc::downgrade(&self.shared);
+        let every = every.max(Duration::from_millis(1));
+        tokio::spawn(poll_files(shared, every))
+    }
+
+    /// Follows reloads: the status changes after every reload attempt that
+    /// saw new contents.
+    pub fn subscribe(&self) -> watch::Receiver<ReloadStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// The reload counters so far.
+    pub fn status(&self) -> ReloadStatus {
+        *self.shared.status.borrow()
+    }
+
+    /// The certificate chain in use, leaf first.
+    pub fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.shared.current.load().key.cert.clone()
+    }
+
+    /// The server configuration for the next handshake: this certificate,
+    /// client certificates required and verified against the private CA,
+    /// ALPN `h2` and `http/1.1`.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.shared.current.load().server.clone()
+    }
+
+    pub(super) fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.shared.provider
+    }
+
+    pub(super) fn server_verifier(&self) -> Arc<rustls::client::WebPkiServerVerifier> {
+        self.shared.current.load().server_verifier.clone()
+    }
+
+    fn certified_key(&self) -> Arc<CertifiedKey> {
+        self.shared.current.load().key.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCertificates {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.certified_key())
+    }
+}
+
+impl ResolvesClientCert for ReloadingCertificates {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.certified_key())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn ring_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl Shared {
+    fn install(&self, material: Material) {
+        self.current.store(Arc::new(material));
+        self.status.send_modify(|s| s.reloads += 1);
+    }
+
+    fn failed(&self) {
+        self.status.send_modify(|s| s.failures += 1);
+    }
+
+    /// An explicit reload: always re-reads and reports what happened.
+    fn reload(&self) -> Result<bool, TlsError> {
+        let Some(watched) = &self.files else {
+            return Ok(false);
+        };
+        let mut state = watched.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let contents = match watched.files.read() {
+            Ok(contents) => contents,
+            Err(error) => {
+                state.seen = Err(error.to_string());
+                self.failed();
+                return Err(error);
+            }
+        };
+        state.seen = Ok(contents.clone());
+        self.apply(&mut state, contents)
+    }
+
+    /// A background poll: acts only on contents it has not seen yet, so a
+    /// bad file is logged once, and its result is logged rather than
+    /// returned.
+    fn poll(&self) {
+        let Some(watched) = &self.files else {
+            return;
+        };
+        let mut state = watched.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = watched.files.read().map_err(|error| error.to_string());
+        if seen == state.seen {
+            return;
+        }
+        state.seen = seen.clone();
+        let outcome = match seen {
+            Ok(contents) => self.apply(&mut state, contents),
+            Err(error) => {
+                self.failed();
+                tracing::error!(
+                    target: "tower_gateway::tls",
+                    %error,
+                    "certificate files unreadable; keeping the current certificate"
+                );
+                return;
+            }
+        };
+        match outcome {
+            Ok(true) => tracing::info!(
+                target: "tower_gateway::tls",
+                chain = %watched.files.chain.display(),
+                "certificates reloaded"
+            ),
+            Ok(false) => {}
+            Err(error) => tracing::error!(
+                target: "tower_gateway::tls",
+                %error,
+                chain = %watched.files.chain.display(),
+                "certificate reload failed; keeping the current certificate"
+            ),
+        }
+    }
+
+    fn apply(&self, state: &mut WatchState, contents: Contents) -> Result<bool, TlsError> {
+        if contents == state.loaded {
+            return Ok(false);
+        }
+        match Material::from_pem(&contents.chain, &contents.key, &contents.ca, &self.provider) {
+            Ok(material) => {
+                self.install(material);
+                state.loaded = contents;
+                Ok(true)
+            }
+            Err(error) => {
+                self.failed();
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The poller of [`ReloadingCertificates::watch`]: holds only a weak
+/// reference between polls, so it ends with the last handle.
+async fn poll_files(shared: Weak<Shared>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The first tick is immediate; the material was just loaded.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if shared.files.is_none() {
+            return;
+        }
+        // File reads block: keep them off the async worker threads.
+        if let Err(error) = tokio::task::spawn_blocking(move || shared.poll()).await {
+            tracing::error!(target: "tower_gateway::tls", %error, "certificate poll failed");
+        }
+    }
+}

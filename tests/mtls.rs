@@ -168,6 +168,7 @@ struct Fixtures {
     /// A server certificate from `other_ca`.
     rogue_server: Leaf,
     orders: Leaf,
+    #[cfg(feature = "rbac")]
     billing: Leaf,
     /// A client certificate from `other_ca`, with the same names as `orders`.
     foreign: Leaf,
@@ -192,6 +193,7 @@ fn fixtures() -> &'static Fixtures {
             server: ca.server("gateway"),
             rogue_server: other_ca.server("gateway"),
             orders: ca.client("orders", &ORDERS_SANS),
+            #[cfg(feature = "rbac")]
             billing: ca.client("billing", &["spiffe://shop/billing", "billing.internal"]),
             foreign: other_ca.client("orders", &ORDERS_SANS),
             expired,
@@ -294,13 +296,6 @@ fn describe(identity: Option<&Identity>, raw: Option<&PeerIdentity>) -> String {
 
 fn expected(peer: &PeerIdentity, roles: &str) -> String {
     format!("{}|{}|{roles}|raw", peer.subject, peer.sans.join(","))
-}
-
-async fn whoami(request: axum::extract::Request) -> String {
-    describe(
-        request.extensions().get::<Identity>(),
-        request.extensions().get::<PeerIdentity>(),
-    )
 }
 
 /// An axum app whose `/whoami` describes the peer and counts calls.
@@ -843,6 +838,13 @@ async fn rbac_authorizes_services_by_certificate_san() {
     use tower::ServiceBuilder;
     use tower_gateway::rbac::{Policy, RbacLayer, Rule};
 
+    async fn whoami(request: axum::extract::Request) -> String {
+        describe(
+            request.extensions().get::<Identity>(),
+            request.extensions().get::<PeerIdentity>(),
+        )
+    }
+
     let f = fixtures();
     let policy = Policy::builder()
         .rule(Rule::new("/whoami").any_of(["orders-service"]))
@@ -869,4 +871,68 @@ async fn rbac_authorizes_services_by_certificate_san() {
         .unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(body.contains("insufficient role"), "{body}");
+}
+
+// ---------------------------------------------------------------------------
+// The accept loop's lifecycle
+
+#[tokio::test]
+async fn graceful_shutdown_stops_accepting_and_completes() {
+    let f = fixtures();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = tls::serve(listener, acceptor(&f.server), axum_app(Arc::default()))
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+    assert_eq!(serve.local_addr().unwrap(), addr);
+    let server = tokio::spawn(serve.into_future());
+
+    // A client whose pool keeps its connection open after the response.
+    let client = https_client(&client_config(&f.orders));
+    let uri: http::Uri = format!("https://127.0.0.1:{}/whoami", addr.port())
+        .parse()
+        .unwrap();
+    let response = within("request", client.get(uri.clone())).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    within("body", response.into_body().collect())
+        .await
+        .unwrap();
+
+    stop.send(()).unwrap();
+    within("shutdown", server).await.unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+}
+
+#[tokio::test]
+async fn silent_client_is_disconnected_after_the_handshake_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = tls::serve(
+        listener,
+        acceptor(&fixtures().server),
+        axum_app(Arc::default()),
+    )
+    .handshake_timeout(Duration::from_millis(100));
+    tokio::spawn(serve.into_future());
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    // The server hangs up: end of stream, or a reset.
+    let read = within("hang-up", tcp.read(&mut byte)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn poller_ends_with_the_last_handle() {
+    let dir = TempDir::new("poller-ends");
+    let certs = ReloadingCertificates::from_files(dir.certificates(&fixtures().orders)).unwrap();
+    let config = MtlsClientConfig::new(&certs).unwrap();
+    let poller = certs.watch(POLL);
+    drop(certs);
+    // The client configuration still holds the certificates.
+    assert!(config.rustls_config().client_auth_cert_resolver.has_certs());
+    drop(config);
+    within("poller", poller).await.unwrap();
 }

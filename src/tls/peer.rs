@@ -84,4 +84,40 @@ mod tests {
         let empty = CertificateDer::from(Vec::new());
         assert!(parse_peer_certificate(&empty).is_err());
     }
+
+    #[test]
+    fn subject_and_dns_and_uri_sans_in_certificate_order() {
+        use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CountryName, "FR");
+        dn.push(DnType::OrganizationName, "shop");
+        dn.push(DnType::CommonName, "orders");
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![
+            SanType::IpAddress([127, 0, 0, 1].into()),
+            SanType::URI("spiffe://shop/ns/prod/sa/orders".try_into().unwrap()),
+            SanType::Rfc822Name("ops@shop.example".try_into().unwrap()),
+            SanType::DnsName("orders.internal".try_into().unwrap()),
+        ];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let peer = parse_peer_certificate(cert.der()).unwrap();
+        assert_eq!(peer.subject, "C=FR, O=shop, CN=orders");
+        assert_eq!(
+            peer.sans,
+            ["spiffe://shop/ns/prod/sa/orders", "orders.internal"]
+        );
+    }
+
+    #[test]
+    fn a_certificate_without_sans_has_a_subject_only() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        let peer = parse_peer_certificate(cert.der()).unwrap();
+        assert_eq!(peer.subject, "CN=rcgen self signed cert");
+        assert!(peer.sans.is_empty());
+    }
 }

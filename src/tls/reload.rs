@@ -208,7 +208,7 @@ impl ReloadingCertificates {
                 Ok(())
             }
             Err(error) => {
-                shared.status.send_modify(|s| s.failures += 1);
+                shared.failed();
                 Err(error)
             }
         }
@@ -397,5 +397,80 @@ async fn poll_files(shared: Weak<Shared>, every: Duration) {
         if let Err(error) = tokio::task::spawn_blocking(move || shared.poll()).await {
             tracing::error!(target: "tower_gateway::tls", %error, "certificate poll failed");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CA and two leaves it issued, as PEM: (ca, [(chain, key); 2]).
+    fn pki() -> (String, [(String, String); 2]) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let leaf = |name: &str| {
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, name);
+            let key = KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        (ca_pem, [leaf("one"), leaf("two")])
+    }
+
+    fn leaf_subject(certs: &ReloadingCertificates) -> String {
+        super::super::parse_peer_certificate(&certs.certificate_chain()[0])
+            .unwrap()
+            .subject
+    }
+
+    #[test]
+    fn replace_pem_swaps_good_material_and_keeps_on_garbage() {
+        let (ca, [(chain1, key1), (chain2, key2)]) = pki();
+        let certs =
+            ReloadingCertificates::from_pem(chain1.as_bytes(), key1.as_bytes(), ca.as_bytes())
+                .unwrap();
+        assert_eq!(leaf_subject(&certs), "CN=one");
+        let before = certs.server_config();
+
+        // A chain with another leaf's key: refused, nothing changes.
+        let err = certs
+            .replace_pem(chain2.as_bytes(), key1.as_bytes(), ca.as_bytes())
+            .unwrap_err();
+        assert!(matches!(err, TlsError::Config(_)), "{err}");
+        assert!(
+            certs
+                .replace_pem(b"garbage", key2.as_bytes(), ca.as_bytes())
+                .is_err()
+        );
+        assert_eq!(leaf_subject(&certs), "CN=one");
+        assert!(Arc::ptr_eq(&before, &certs.server_config()));
+        assert_eq!(
+            certs.status(),
+            ReloadStatus {
+                reloads: 0,
+                failures: 2
+            }
+        );
+
+        certs
+            .replace_pem(chain2.as_bytes(), key2.as_bytes(), ca.as_bytes())
+            .unwrap();
+        assert_eq!(leaf_subject(&certs), "CN=two");
+        assert!(!Arc::ptr_eq(&before, &certs.server_config()));
+        assert_eq!(
+            certs.status(),
+            ReloadStatus {
+                reloads: 1,
+                failures: 2
+            }
+        );
+
+        // PEM material has no files to reload.
+        assert!(!certs.reload().unwrap());
     }
 }

@@ -75,13 +75,31 @@ impl Identity {
         }
     }
 
-    /// An identity established by a verified client certificate only.
+    /// An identity established by a verified client certificate only,
+    /// holding no roles.
     pub fn from_peer(peer: PeerIdentity) -> Self {
+        Self::from_peer_with_roles(peer, Vec::new())
+    }
+
+    /// An identity established by a verified client certificate, holding
+    /// `roles` (granted by configuration, e.g. per SPIFFE ID).
+    ///
+    /// Its [`subject`](Self::subject) is the peer's first URI SAN (a SPIFFE
+    /// ID), else its first DNS SAN, else its subject DN, so consumer-keyed
+    /// rate limits, per-consumer metrics and logs treat services like users.
+    pub fn from_peer_with_roles(peer: PeerIdentity, roles: Vec<String>) -> Self {
+        let subject = peer
+            .sans
+            .iter()
+            .find(|san| san.contains("://"))
+            .or_else(|| peer.sans.first())
+            .cloned()
+            .or_else(|| (!peer.subject.is_empty()).then(|| peer.subject.clone()));
         Self {
             inner: Arc::new(Inner {
-                subject: None,
+                subject,
                 issuer: None,
-                roles: Vec::new(),
+                roles,
                 scopes: Vec::new(),
                 claims: Map::new(),
                 expires_at: None,
@@ -101,7 +119,8 @@ impl Identity {
         }
     }
 
-    /// The `sub` claim.
+    /// The `sub` claim — or, for an identity from a client certificate
+    /// alone, the peer's name (see [`Identity::from_peer_with_roles`]).
     pub fn subject(&self) -> Option<&str> {
         self.inner.subject.as_deref()
     }

@@ -7,9 +7,9 @@
 //! | --- | --- | --- |
 //! | [`auth`] | [`JwtAuthLayer`] | OAuth2/JWT validation: static keys, JWKS, OIDC discovery, key rotation |
 //! | [`rbac`] | [`RbacLayer`] | role-based authorization per method and path |
-//! | [`circuit`] | [`CircuitBreakerLayer`](circuit::CircuitBreakerLayer) | circuit breaking and outlier ejection |
+//! | [`circuit`] | [`CircuitBreakerLayer`] | circuit breaking and outlier ejection |
 //! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
-//! | [`metrics`] | [`MetricsLayer`](metrics::MetricsLayer) | Prometheus/OpenMetrics metrics and the `/metrics` handler |
+//! | [`metrics`] | [`MetricsLayer`] | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
 //!

@@ -2,9 +2,7 @@
 //! [`RbacLayer`](crate::rbac::RbacLayer) can authorize services by the
 //! certificate they present.
 
-use serde_json::{Map, Value};
-
-use crate::identity::{Identity, PeerIdentity, RoleSource};
+use crate::identity::{Identity, PeerIdentity};
 
 /// Maps certificate identities to roles: by exact SAN (a SPIFFE ID, a DNS
 /// name), by SAN prefix (a whole SPIFFE trust domain or path), or by exact
@@ -49,10 +47,6 @@ impl Matcher {
         }
     }
 }
-
-/// The claim that carries certificate-derived roles inside the
-/// [`Identity`] (see [`PeerRoles::identity`]).
-const ROLES_CLAIM: &str = "roles";
 
 impl PeerRoles {
     /// No mapping: certificate identities hold no roles.
@@ -118,20 +112,11 @@ impl PeerRoles {
     }
 
     /// The crate's [`Identity`] for a verified peer: [`Identity::peer`] is
-    /// `peer`, [`Identity::roles`] are the mapped roles. There is no token,
-    /// so there is no subject or issuer; the mapped roles are also visible
-    /// as a `roles` claim, the only claim such an identity has.
+    /// `peer`, [`Identity::roles`] are the mapped roles, and the subject is
+    /// the peer's name (see [`Identity::from_peer_with_roles`]).
     pub fn identity(&self, peer: PeerIdentity) -> Identity {
         let roles = self.roles_for(&peer);
-        if roles.is_empty() {
-            return Identity::from_peer(peer);
-        }
-        let mut claims = Map::new();
-        claims.insert(
-            ROLES_CLAIM.to_owned(),
-            Value::Array(roles.into_iter().map(Value::String).collect()),
-        );
-        Identity::from_claims(claims, &RoleSource::claim(ROLES_CLAIM)).with_peer(peer)
+        Identity::from_peer_with_roles(peer, roles)
     }
 }
 
@@ -170,6 +155,13 @@ mod tests {
         assert!(id.roles().is_empty());
         assert!(id.claims().is_empty());
         assert_eq!(id.peer().map(|p| p.subject.as_str()), Some("CN=a"));
-        assert_eq!(id.subject(), None);
+        // The subject names the peer: its DNS SAN here.
+        assert_eq!(id.subject(), Some("a.internal"));
+        let spiffe = PeerRoles::new().identity(peer("CN=b", &["b.internal", "spiffe://shop/b"]));
+        assert_eq!(spiffe.subject(), Some("spiffe://shop/b"));
+        assert_eq!(
+            PeerRoles::new().identity(peer("CN=c", &[])).subject(),
+            Some("CN=c")
+        );
     }
 }

@@ -25,7 +25,7 @@ use super::{
 use crate::reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody};
 
 /// The address of the client that opened the connection. Insert it into
-/// request extensions in your accept loop (the [`crate::tls`] server helpers
+/// request extensions in your accept loop (the the `tls` module server helpers
 /// do); the proxy appends it to `X-Forwarded-For` / `Forwarded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);

@@ -21,7 +21,7 @@ use tower_service::Service;
 pub type ProxyBody = UnsyncBoxBody<Bytes, tower::BoxError>;
 
 /// The connector the proxy dials with: plain TCP for `http`, rustls for
-/// `https` (with the mTLS client configuration of [`crate::tls`] when set).
+/// `https` (with the mTLS client configuration of the `tls` module when set).
 pub type Connector = HttpsConnector<HttpConnector>;
 
 /// The HTTP version the proxy speaks to an upstream.
@@ -48,7 +48,7 @@ pub(crate) fn client(
 }
 
 /// A plain connector (no client certificate; public roots are not trusted
-/// either, so an `https` upstream needs [`crate::tls`]).
+/// either, so an `https` upstream needs the `tls` module).
 pub(crate) fn plain_connector(connect_timeout: Duration) -> Result<Connector, rustls::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);

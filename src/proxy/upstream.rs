@@ -114,7 +114,7 @@ impl Upstream {
     }
 
     /// Dials endpoints over TLS with `connector` (for mTLS, from
-    /// [`crate::tls`]); the scheme becomes `https`. The connector's own
+    /// the `tls` module); the scheme becomes `https`. The connector's own
     /// connect timeout applies.
     pub fn tls(mut self, connector: Connector) -> Self {
         self.connector = Some(connector);

@@ -89,7 +89,19 @@ impl<V: Expiring> Shard<V> {
             let cut = expiries.len() - target;
             let (_, threshold, _) = expiries.select_nth_unstable(cut.saturating_sub(1));
             let threshold = *threshold;
-            self.map.retain(|_, v| v.expires_at() > threshold);
+            // Exactly `cut` entries go: all that expire before the
+            // threshold, and as many ties as it takes.
+            let below = expiries.iter().filter(|&&e| e < threshold).count();
+            let mut ties = cut.saturating_sub(below).max(1);
+            self.map
+                .retain(|_, v| match v.expires_at().cmp(&threshold) {
+                    std::cmp::Ordering::Less => false,
+                    std::cmp::Ordering::Equal if ties > 0 => {
+                        ties -= 1;
+                        false
+                    }
+                    _ => true,
+                });
         }
         let floor = MIN_SWEEP.min(cap);
         self.sweep_at = (self.map.len() * 2).max(floor).min(cap);

@@ -584,3 +584,34 @@ async fn ratelimit_local_memory_bounds_itself_with_a_million_keys() {
     let recent = capped.check("199999", &hourly);
     assert_eq!(recent.windows()[0].remaining, 98);
 }
+
+#[tokio::test(start_paused = true)]
+async fn ratelimit_stacks_under_axum_per_route() {
+    use axum::{Router, body::Body, routing::get};
+
+    let orders = RateLimitLayer::builder()
+        .key((Route, Fixed("all")))
+        .limit(Limit::new().per_minute(1))
+        .build()
+        .unwrap();
+    let app: Router = Router::new()
+        .route("/orders", get(|| async { "orders" }).route_layer(orders))
+        .route("/health", get(|| async { "up" }));
+    let get = |path: &str| {
+        let mut req = Request::get(path).body(Body::empty()).unwrap();
+        req.extensions_mut().insert(RouteTemplate::new(path));
+        req
+    };
+    let ok = app.clone().oneshot(get("/orders")).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.headers()["ratelimit"], r#""minute";r=0;t=60"#);
+    let body = ok.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"orders");
+    let refused = app.clone().oneshot(get("/orders")).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // Other routes are not limited.
+    for _ in 0..3 {
+        let up = app.clone().oneshot(get("/health")).await.unwrap();
+        assert_eq!(up.status(), StatusCode::OK);
+    }
+}

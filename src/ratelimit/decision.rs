@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use super::limit::MAX_WINDOWS;
+
 /// The outcome of checking one request against a [`Limit`](super::Limit).
 ///
 /// `windows` has one entry per window of the limit, in the limit's order,
@@ -10,11 +12,11 @@ use std::time::Duration;
 pub struct Decision {
     pub(crate) allowed: bool,
     pub(crate) retry_after: Duration,
-    pub(crate) windows: Vec<WindowState>,
+    pub(crate) windows: States,
 }
 
 /// The quota left in one window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WindowState {
     /// Requests that would be admitted right now (0 when this window
     /// refused the request).
@@ -37,13 +39,44 @@ impl Decision {
 
     /// The quota of each window after this decision.
     pub fn windows(&self) -> &[WindowState] {
-        &self.windows
+        self.windows.as_slice()
     }
 
     /// The `Retry-After` value (RFC 9110 §10.2.3): whole seconds, rounded
     /// up so a client that waits that long is admitted, and at least 1.
     pub fn retry_after_secs(&self) -> u64 {
         ceil_secs(self.retry_after).max(1)
+    }
+}
+
+/// The states of a decision's windows, inline: a decision allocates
+/// nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct States {
+    items: [WindowState; MAX_WINDOWS],
+    len: usize,
+}
+
+impl States {
+    /// Appends a state; past [`MAX_WINDOWS`] (which valid limits never
+    /// reach) states are dropped.
+    pub(crate) fn push(&mut self, state: WindowState) {
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = state;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[WindowState] {
+        &self.items[..self.len]
+    }
+}
+
+impl FromIterator<WindowState> for States {
+    fn from_iter<I: IntoIterator<Item = WindowState>>(iter: I) -> Self {
+        let mut states = Self::default();
+        iter.into_iter().for_each(|s| states.push(s));
+        states
     }
 }
 
@@ -61,7 +94,7 @@ mod tests {
         let d = |retry| Decision {
             allowed: false,
             retry_after: retry,
-            windows: Vec::new(),
+            windows: States::default(),
         };
         assert_eq!(d(Duration::from_millis(1)).retry_after_secs(), 1);
         assert_eq!(d(Duration::from_millis(1000)).retry_after_secs(), 1);

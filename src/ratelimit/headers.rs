@@ -1,8 +1,6 @@
 //! The quota headers: IETF `RateLimit-Policy`/`RateLimit`, and Kong's
 //! `X-RateLimit-Limit-<Window>`/`X-RateLimit-Remaining-<Window>`.
 
-use std::fmt::Write as _;
-
 use http::{HeaderName, HeaderValue, header};
 
 use super::{
@@ -153,19 +151,18 @@ impl PreparedHeaders {
     pub(crate) fn render(&self, decision: &Decision, out: &mut HeaderList) {
         if let Some(policy) = &self.policy {
             out.push((RATELIMIT_POLICY, policy.clone()));
-            let mut text = String::with_capacity(32 * self.quoted.len());
+            let mut text = Vec::with_capacity(40 * self.quoted.len());
             for (i, (name, state)) in self.quoted.iter().zip(decision.windows()).enumerate() {
                 if i > 0 {
-                    text.push_str(", ");
+                    text.extend_from_slice(b", ");
                 }
-                let _ = write!(
-                    text,
-                    "{name};r={};t={}",
-                    state.remaining,
-                    ceil_secs(state.reset)
-                );
+                text.extend_from_slice(name.as_bytes());
+                text.extend_from_slice(b";r=");
+                push_decimal(&mut text, state.remaining);
+                text.extend_from_slice(b";t=");
+                push_decimal(&mut text, ceil_secs(state.reset));
             }
-            if let Ok(value) = HeaderValue::try_from(text) {
+            if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)) {
                 out.push((RATELIMIT, value));
             }
         }
@@ -188,6 +185,22 @@ impl PreparedHeaders {
     }
 }
 
+/// Appends `n` in decimal (what `write!` does, without the formatting
+/// machinery on the hot path).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
 /// `second` → `Second` (Kong's header suffix; header names are
 /// case-insensitive, this only reads well in docs and logs).
 fn capitalized(name: &str) -> String {
@@ -208,7 +221,7 @@ mod tests {
         Decision {
             allowed,
             retry_after: Duration::from_millis(if allowed { 0 } else { 1200 }),
-            windows: vec![
+            windows: [
                 WindowState {
                     remaining: 4,
                     reset: Duration::from_millis(200),
@@ -217,7 +230,9 @@ mod tests {
                     remaining: 999,
                     reset: Duration::from_millis(3600),
                 },
-            ],
+            ]
+            .into_iter()
+            .collect(),
         }
     }
 
@@ -231,6 +246,15 @@ mod tests {
             prepared.render_refusal(&decision(false), &mut out);
         }
         out.into_iter().collect()
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 12345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use governor::{
 };
 
 use super::{
-    decision::{Decision, WindowState},
+    decision::{Decision, States, WindowState},
     limit::{Limit, MAX_WINDOWS, Window},
     store::{Expiring, Sharded},
 };
@@ -239,7 +239,7 @@ fn gcra(entry: &mut Entry, now: u64, windows: &[Window]) -> Decision {
         retry_after = retry_after.max(allow_at.saturating_sub(now));
     }
     let allowed = retry_after == 0;
-    let mut states = Vec::with_capacity(windows.len());
+    let mut states = States::default();
     for (tat, w) in entry.tats.iter_mut().zip(windows) {
         let mut t = (*tat).max(now);
         if allowed {

@@ -244,6 +244,9 @@ impl fmt::Debug for RedisBackend {
 }
 
 /// What the layer gets back when it asks for a decision.
+// Returned once per request and matched at once; boxing the ready decision
+// would allocate on the remembered-refusal path, which exists to be cheap.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Begin {
     /// Decided without a round trip (remembered) or not callable now.
     Ready(Result<Decision, BackendError>),
@@ -459,7 +462,7 @@ async fn decide(
             limit_id,
             until: reset_at(decision.retry_after),
             windows: decision
-                .windows
+                .windows()
                 .iter()
                 .map(|w| (w.remaining, reset_at(w.reset)))
                 .collect(),

@@ -1,7 +1,8 @@
 //! Service discovery: the healthy endpoints of each upstream service.
 //!
 //! A source keeps one [`EndpointWatch`] per service current — a Consul
-//! blocking-query watcher (feature `consul`) or a [`StaticDiscovery`] list —
+//! blocking-query watcher (`ConsulDiscoveryService`, feature `consul`) or a
+//! [`StaticDiscovery`] list —
 //! and every consumer reads it: balancers through
 //! [`EndpointWatch::changes`], a [`Discover`](tower::discover::Discover)
 //! stream of `Change::Insert`/`Change::Remove`; metrics and health checks
@@ -23,8 +24,13 @@
 //! # }
 //! ```
 
+#[cfg(feature = "consul")]
+#[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
+pub mod consul;
 mod endpoint;
 mod watch;
 
+#[cfg(feature = "consul")]
+pub use consul::{ConsulClient, ConsulDiscoveryService, ConsulRegistration};
 pub use endpoint::Endpoint;
 pub use watch::{Changes, EndpointWatch, Snapshot, StaticDiscovery};

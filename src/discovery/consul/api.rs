@@ -34,8 +34,8 @@ pub enum ConsulError {
     #[error("no tokio runtime to run the consul task on")]
     NoRuntime,
     /// Consul could not be reached, or the request timed out.
-    #[error("consul request failed: {0}")]
-    Transport(String),
+    #[error("consul unreachable: {0}")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Consul answered with an error status; `message` is the start of its
     /// body (Consul explains errors in plain text).
     #[error("consul answered {status}: {message}")]
@@ -47,7 +47,7 @@ pub enum ConsulError {
     },
     /// Consul's answer was not the JSON its API documents.
     #[error("unreadable consul answer: {0}")]
-    Decode(String),
+    Decode(#[source] serde_json::Error),
 }
 
 impl ConsulError {
@@ -115,10 +115,16 @@ impl ConsulClientBuilder {
     }
 
     /// Reads the agent address and token the way Consul's own tools do:
-    /// `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`) and `CONSUL_HTTP_TOKEN`.
+    /// `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`), `CONSUL_HTTP_SSL`
+    /// (`true`: HTTPS for an address without a scheme) and
+    /// `CONSUL_HTTP_TOKEN`. A custom CA is set with [`http`](Self::http).
     pub fn from_env() -> Self {
-        let address =
+        let mut address =
             std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8500".to_owned());
+        let ssl = std::env::var("CONSUL_HTTP_SSL").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+        if ssl && !address.contains("://") {
+            address = format!("https://{address}");
+        }
         let mut builder = Self::new(address);
         if let Ok(token) = std::env::var("CONSUL_HTTP_TOKEN")
             && !token.is_empty()
@@ -318,7 +324,7 @@ impl ConsulClient {
             .fetcher
             .send(request, timeout)
             .await
-            .map_err(|e| ConsulError::Transport(e.to_string()))
+            .map_err(|e| ConsulError::Transport(Box::new(e)))
     }
 
     /// A `PUT` to an agent endpoint that answers 200 with nothing useful.
@@ -449,8 +455,7 @@ struct HealthService {
 /// with no address or a port outside 1..=65535 cannot be dialled and are
 /// left out.
 pub(super) fn parse_health(body: &[u8]) -> Result<BTreeMap<String, Endpoint>, ConsulError> {
-    let entries: Vec<HealthEntry> =
-        serde_json::from_slice(body).map_err(|e| ConsulError::Decode(e.to_string()))?;
+    let entries: Vec<HealthEntry> = serde_json::from_slice(body).map_err(ConsulError::Decode)?;
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
     for entry in &entries {
         *seen.entry(entry.service.id.as_str()).or_default() += 1;

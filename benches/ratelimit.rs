@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo bench --bench ratelimit --all-features`. Needs `redis-server`
 //! and `redis-benchmark` on PATH for the Redis groups (they are skipped,
-//! loudly, without them). A summary of ratios is printed at the end.
+//! loudly, without them; `RATELIMIT_BENCH_LOCAL_ONLY=1` skips them too).
+//! A summary of ratios is printed at the end.
 
 #[path = "../tests/support_redis/mod.rs"]
 mod support_redis;
@@ -31,8 +32,8 @@ use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_gateway::{
     ratelimit::{
-        FailurePolicy, Fixed, Limit, LocalLimiter, RateLimitLayer, RedisBackend, RedisConfig,
-        SCRIPT, Window,
+        FailurePolicy, Fixed, Limit, LocalLimiter, QuotaHeaders, RateLimitLayer, RedisBackend,
+        RedisConfig, SCRIPT, Window,
     },
     reject::ResponseBody,
 };
@@ -70,27 +71,34 @@ fn local(c: &mut Criterion) {
         .unwrap();
     let _guard = rt.enter();
 
-    // A limit that never refuses, so every iteration is a full admission.
-    let per_second = NonZeroU32::new(1_000_000).unwrap();
+    // Limits that never refuse at these rates (bursts of 2^32, refilled at
+    // the highest rate Redis's microsecond clock can express), so every
+    // iteration is a full admission; checked after each bench.
+    let max = NonZeroU32::MAX;
     let governor = governor::RateLimiter::keyed(
-        governor::Quota::per_second(per_second).allow_burst(per_second),
+        governor::Quota::per_second(NonZeroU32::new(1_000_000).unwrap()).allow_burst(max),
     );
     let key = String::from("s=default;t=;sub=alice;");
     g.bench_function("reference_governor_keyed_check", |b| {
         b.iter(|| black_box(governor.check_key(black_box(&key)).is_ok()))
     });
+    assert!(governor.check_key(&key).is_ok());
 
     let limiter = LocalLimiter::new();
-    let one = Limit::new().window(Window::new("second", 1_000_000, Duration::from_secs(1)));
+    let second = Window::new("second", 1_000_000, Duration::from_secs(1)).burst(max.get());
+    let hour = Window::new("hour", 3_600_000_000, Duration::from_secs(3600)).burst(max.get());
+    let one = Limit::new().window(second);
+    one.validate().unwrap();
     g.bench_function("check_one_window", |b| {
         b.iter(|| black_box(limiter.check(black_box(&key), &one).is_allowed()))
     });
-    let two = one
-        .clone()
-        .window(Window::new("hour", 1_000_000, Duration::from_secs(3600)));
+    assert!(limiter.check(&key, &one).is_allowed());
+    let two = one.clone().window(hour);
+    two.validate().unwrap();
     g.bench_function("check_two_windows", |b| {
         b.iter(|| black_box(limiter.check(black_box(&key), &two).is_allowed()))
     });
+    assert!(limiter.check(&key, &two).is_allowed());
     let keys: Vec<String> = (0..10_000)
         .map(|i| format!("s=default;t=;sub=u{i};"))
         .collect();
@@ -137,6 +145,36 @@ fn local(c: &mut Criterion) {
             })
         })
     });
+    let hidden = RateLimitLayer::builder()
+        .key(Fixed("bench-hidden"))
+        .limit(two.clone())
+        .headers(QuotaHeaders::default().hidden(true))
+        .build()
+        .unwrap();
+    let mut hidden = hidden.layer(inner);
+    g.bench_function("layer_two_windows_no_headers", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let r = hidden
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(Request::new(String::new()));
+                black_box(r.await.unwrap())
+            })
+        })
+    });
+    for svc in [&mut limited, &mut hidden] {
+        let last = rt.block_on(async {
+            let r = svc.ready().await.unwrap().call(Request::new(String::new()));
+            r.await.unwrap()
+        });
+        assert_eq!(
+            last.status(),
+            StatusCode::OK,
+            "the benches measured refusals"
+        );
+    }
     g.finish();
 }
 
@@ -208,6 +246,10 @@ fn redis_benchmark_ceiling(
 }
 
 fn redis(c: &mut Criterion) {
+    // For profiling the local path alone.
+    if std::env::var_os("RATELIMIT_BENCH_LOCAL_ONLY").is_some() {
+        return;
+    }
     if !support_redis::redis_available() {
         return;
     }
@@ -338,6 +380,11 @@ fn summary(_c: &mut Criterion) {
         ),
         ("local", "reference_bare_service", "bare service"),
         ("local", "layer_two_windows", "layer, local, two windows"),
+        (
+            "local",
+            "layer_two_windows_no_headers",
+            "layer, local, two windows, headers hidden",
+        ),
     ] {
         if let Some(rps) = criterion_rps(group, bench) {
             record(name, rps);

@@ -11,7 +11,7 @@
 //!   windows of a limit are decided together — if one refuses, none is
 //!   charged.
 //! - **Backends**: the [`LocalLimiter`] (in process, the default) or a
-//!   [`RedisBackend`] (feature `redis`), where one Lua script per request
+//!   `RedisBackend` (feature `redis`), where one Lua script per request
 //!   checks and updates every window atomically on Redis's clock, so any
 //!   number of gateways enforce one limit together, against a single Redis
 //!   or a Redis Cluster.
@@ -75,7 +75,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With Redis, add [`RateLimitLayerBuilder::redis`]; see [`RedisBackend`].
+#![cfg_attr(
+    feature = "redis",
+    doc = "With Redis, add [`RateLimitLayerBuilder::redis`]; see [`RedisBackend`]."
+)]
 
 mod decision;
 mod future;

@@ -866,6 +866,58 @@ async fn watcher_stops_when_the_last_holder_is_dropped() {
     );
 }
 
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn https_to_consul_trusts_a_custom_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use tower_gateway::client::HttpClientConfig;
+
+    // A private CA and a leaf for 127.0.0.1, as `consul tls ca create` /
+    // `consul tls cert create -server` would make.
+    let mut ca_params = CertificateParams::default();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut leaf_params = CertificateParams::default();
+    leaf_params.subject_alt_names = vec![SanType::IpAddress([127, 0, 0, 1].into())];
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_pem = leaf_params.signed_by(&leaf_key, &issuer).unwrap().pem();
+
+    let double = ConsulDouble::start_tls(&leaf_pem, &leaf_key.serialize_pem()).await;
+    assert!(double.url().starts_with("https://127.0.0.1:"));
+    double.register(json!({"ID": "o1", "Name": "orders", "Port": 3001}));
+
+    // Without the CA the certificate is refused: nothing is confirmed.
+    let untrusted = ConsulClient::builder(double.url())
+        .http(HttpClientConfig::default().native_roots(false))
+        .build()
+        .unwrap();
+    let blind = untrusted.watch("orders").spawn().unwrap();
+    assert!(!blind.wait_for_sync(Duration::from_millis(300)).await);
+    assert_eq!(double.health_requests("orders"), 0);
+
+    let trusted = ConsulClient::builder(double.url())
+        .http(
+            HttpClientConfig::default()
+                .native_roots(false)
+                .add_root_pem(ca_pem.as_bytes())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let orders = trusted.watch("orders").spawn().unwrap();
+    assert!(orders.wait_for_sync(LONG).await);
+    assert_eq!(ids(&orders.watch().current()), ["o1"]);
+    let registration = trusted
+        .register(ServiceRegistration::new("orders", "o2").port(3002))
+        .await
+        .unwrap();
+    until(&orders.watch(), LONG, |s| s.endpoints.len() == 2).await;
+    registration.deregister().await.unwrap();
+    assert!(!double.has_instance("o2"));
+}
+
 /// Against a real agent:
 ///
 /// ```sh

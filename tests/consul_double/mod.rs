@@ -52,6 +52,7 @@
 //! front of Consul returns) or with 500 `No cluster leader` (what Consul
 //! answers during an election), stop accepting connections (dropping the
 //! open ones) and come back on the same port. It records every request.
+//! With the `tls` feature it can serve HTTPS (HTTP/1.1 only).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -309,7 +310,16 @@ impl Shared {
 pub struct ConsulDouble {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    transport: Transport,
     server: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Plain HTTP, or HTTPS as an agent with `tls.https` configured serves it.
+#[derive(Clone)]
+enum Transport {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(tokio_rustls::TlsAcceptor),
 }
 
 impl ConsulDouble {
@@ -318,6 +328,30 @@ impl ConsulDouble {
     }
 
     pub async fn start_with(config: DoubleConfig) -> Self {
+        Self::start_on(config, Transport::Plain).await
+    }
+
+    /// Serves HTTPS with this certificate chain and key (PEM).
+    #[cfg(feature = "tls")]
+    pub async fn start_tls(chain_pem: &str, key_pem: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_on(DoubleConfig::default(), Transport::Tls(acceptor)).await
+    }
+
+    async fn start_on(config: DoubleConfig, transport: Transport) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -330,10 +364,11 @@ impl ConsulDouble {
             parked: Mutex::new(BTreeMap::new()),
             activity: watch::channel(0).0,
         });
-        let server = serve(listener, shared.clone());
+        let server = serve(listener, shared.clone(), transport.clone());
         Self {
             addr,
             shared,
+            transport,
             server: Mutex::new(Some(server)),
         }
     }
@@ -343,7 +378,11 @@ impl ConsulDouble {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.transport {
+            Transport::Plain => format!("http://{}", self.addr),
+            #[cfg(feature = "tls")]
+            Transport::Tls(_) => format!("https://{}", self.addr),
+        }
     }
 
     /// Stops accepting connections and drops the open ones (a crash).
@@ -359,7 +398,7 @@ impl ConsulDouble {
     /// Listens again on the same port.
     pub async fn resume(&self) {
         let listener = TcpListener::bind(self.addr).await.unwrap();
-        let server = serve(listener, self.shared.clone());
+        let server = serve(listener, self.shared.clone(), self.transport.clone());
         *self.server.lock().unwrap() = Some(server);
     }
 
@@ -504,7 +543,7 @@ impl Drop for ConsulDouble {
     }
 }
 
-fn serve(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
+fn serve(listener: TcpListener, shared: Arc<Shared>, transport: Transport) -> JoinHandle<()> {
     tokio::spawn(async move {
         // Connections live in the set: aborting this task drops the set,
         // which aborts every connection (a crash, not a graceful close).
@@ -514,20 +553,36 @@ fn serve(listener: TcpListener, shared: Arc<Shared>) -> JoinHandle<()> {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let shared = shared.clone();
+                    let transport = transport.clone();
                     connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(handle(shared, request).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                            .await;
+                        match transport {
+                            Transport::Plain => serve_connection(stream, shared).await,
+                            #[cfg(feature = "tls")]
+                            Transport::Tls(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    serve_connection(stream, shared).await;
+                                }
+                            }
+                        }
                     });
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }
         }
     })
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+        .await;
 }
 
 type Answer = Response<Full<Bytes>>;

@@ -133,10 +133,23 @@ impl Stream for Changes {
             if let Some(change) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(change)));
             }
-            if this.rx.has_changed().unwrap_or(false) {
-                let snapshot = this.rx.borrow_and_update().clone();
-                this.diff(&snapshot);
-                continue;
+            match this.rx.has_changed() {
+                Ok(true) => {
+                    let snapshot = this.rx.borrow_and_update().clone();
+                    this.diff(&snapshot);
+                    continue;
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    // The watcher is gone: deliver what it last published,
+                    // then end (waiting on a closed channel would spin).
+                    let snapshot = this.rx.borrow_and_update().clone();
+                    this.diff(&snapshot);
+                    if this.queue.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    continue;
+                }
             }
             let changed = this.changed.get_or_insert_with(|| {
                 let mut rx = this.rx.clone();
@@ -189,5 +202,35 @@ impl StaticDiscovery {
     /// The shared view.
     pub fn watch(&self) -> EndpointWatch {
         EndpointWatch::new(self.tx.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    /// A source dropped right after an update: the stream delivers the
+    /// update and then ends, instead of spinning.
+    #[tokio::test]
+    async fn a_closed_source_ends_the_stream_after_its_last_update() {
+        let source = StaticDiscovery::new([Endpoint::new("a", "127.0.0.1", 1)]);
+        let mut changes = source.watch().changes();
+        assert!(matches!(changes.next().await, Some(Ok(Change::Insert(id, _))) if id == "a"));
+        source.set([Endpoint::new("b", "127.0.0.1", 2)]);
+        drop(source);
+        let rest = tokio::time::timeout(Duration::from_secs(1), changes.collect::<Vec<_>>())
+            .await
+            .expect("the stream ended");
+        let ids: Vec<String> = rest
+            .into_iter()
+            .map(|c| match c {
+                Ok(Change::Insert(id, _)) => format!("+{id}"),
+                Ok(Change::Remove(id)) => format!("-{id}"),
+                Err(never) => match never {},
+            })
+            .collect();
+        assert_eq!(ids, ["-a", "+b"]);
     }
 }

@@ -717,3 +717,73 @@ async fn a_failing_endpoint_is_ejected_while_the_others_serve() {
     assert_eq!(bad.hits(), 0);
     assert!(good.hits() >= 57);
 }
+
+/// gRPC through the proxy: HTTP/2 to the gateway, HTTP/2 (h2c) to a tonic
+/// upstream, trailers (`grpc-status`) passed back; a streaming call too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_and_streams_pass_through_with_trailers() {
+    use tonic::transport::{Endpoint as GrpcEndpoint, server::TcpIncoming};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tower_gateway::proxy::UpstreamProtocol;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("orders", tonic_health::ServingStatus::Serving)
+        .await;
+    tokio::spawn(async move {
+        let _reporter = reporter;
+        let _ = tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(TcpIncoming::from(listener))
+            .await;
+    });
+    let discovery = StaticDiscovery::new([Endpoint::new("grpc-1", "127.0.0.1", grpc_addr.port())]);
+    let upstream = Upstream::new("health", discovery.watch())
+        .protocol(UpstreamProtocol::Http2)
+        .build()
+        .unwrap();
+    let table = RouteTable::builder()
+        .route(Route::prefix("/grpc.health.v1.Health"), upstream)
+        .build()
+        .unwrap();
+    let gw = start_gateway(table).await;
+    let channel = GrpcEndpoint::from_shared(format!("http://{gw}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: "orders".into(),
+        })
+        .await
+        .expect("check through the proxy");
+    assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+    // An error status travels in the trailers.
+    let status = client
+        .check(HealthCheckRequest {
+            service: "unknown".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    // Server streaming: the first message of a watch arrives.
+    let mut stream = client
+        .watch(HealthCheckRequest {
+            service: "orders".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+}

@@ -11,7 +11,7 @@
 //!
 //! let claims = serde_json::json!({
 //!     "sub": "alice",
-//!     "realm_access": { "roles": ["admin"] },
+//!     "roles": ["admin"],
 //!     "scope": "orders:read orders:write"
 //! });
 //! let identity = Identity::from_claims(claims.as_object().unwrap().clone(), &Default::default());

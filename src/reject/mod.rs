@@ -42,7 +42,9 @@
 //! }
 //!
 //! let rejection = Rejection::forbidden("role missing");
-//! let head = RequestHead::new(&http::Method::GET, &"/x".parse().unwrap(), &http::HeaderMap::new());
+//! let uri: http::Uri = "/x".parse().unwrap();
+//! let headers = http::HeaderMap::new();
+//! let head = RequestHead::new(&http::Method::GET, &uri, &headers);
 //! let response = MyJson.render(&rejection, &head);
 //! assert_eq!(response.status(), StatusCode::FORBIDDEN);
 //! ```

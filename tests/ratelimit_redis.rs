@@ -557,3 +557,53 @@ async fn ratelimit_redis_calls_the_service_that_was_polled_ready() {
     let next = tokio::time::timeout(Duration::from_millis(50), handle.next_request()).await;
     assert!(next.is_err(), "the refused request reached the service");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ratelimit_local_and_redis_send_the_same_headers() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    let build = |redis: Option<RedisBackend>| {
+        let builder = RateLimitLayer::builder()
+            .key(api_key())
+            .limit(Limit::new().per_minute(30).per_hour(3))
+            .headers(QuotaHeaders::default().kong(true));
+        match redis {
+            Some(redis) => builder.redis(redis),
+            None => builder,
+        }
+        .build()
+        .unwrap()
+    };
+    let local = gateway(build(None));
+    let shared = gateway(build(Some(backend(&server, config()).await)));
+    let names = [
+        "ratelimit-policy",
+        "ratelimit",
+        "x-ratelimit-limit-minute",
+        "x-ratelimit-remaining-minute",
+        "x-ratelimit-limit-hour",
+        "x-ratelimit-remaining-hour",
+        "retry-after",
+    ];
+    for i in 0..5 {
+        let a = send(&local, "nina").await;
+        let b = send(&shared, "nina").await;
+        assert_eq!(a.status(), b.status(), "request {i}");
+        for name in names {
+            assert_eq!(
+                a.headers().get(name),
+                b.headers().get(name),
+                "request {i}: {name}"
+            );
+        }
+        if i == 3 {
+            assert_eq!(
+                b.headers()["ratelimit"],
+                r#""minute";r=27;t=6, "hour";r=0;t=3600"#
+            );
+            assert_eq!(b.headers()[header::RETRY_AFTER], "1200");
+        }
+    }
+}

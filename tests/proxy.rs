@@ -27,8 +27,9 @@ use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, task::JoinSet
 use tower::ServiceBuilder;
 use tower_gateway::{
     circuit::CircuitConfig,
+    connection::ClientAddr,
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{ClientAddr, Proxy, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
+    proxy::{Proxy, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
 };
 
 type Body = BoxBody<Bytes, hyper::Error>;

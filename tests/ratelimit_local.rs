@@ -20,8 +20,8 @@ use tower_gateway::{
     identity::{Identity, RoleSource},
     observe::{Observe, Observer},
     ratelimit::{
-        ClientIp, Consumer, Fixed, Header, KeyExtractor, Limit, LocalLimiter, MissingKey, PeerAddr,
-        QuotaHeaders, RateLimitLayer, Route, Window,
+        ClientAddr, ClientIp, Consumer, Fixed, Header, KeyExtractor, Limit, LocalLimiter,
+        MissingKey, QuotaHeaders, RateLimitLayer, Route, Window,
     },
     reject::ResponseBody,
     route::RouteTemplate,
@@ -318,7 +318,7 @@ async fn ratelimit_keys_come_only_from_the_verified_identity() {
     let mut anonymous = forged();
     anonymous
         .extensions_mut()
-        .insert(PeerAddr("192.0.2.1:4000".parse().unwrap()));
+        .insert(ClientAddr("192.0.2.1:4000".parse().unwrap()));
     assert_eq!(send(&svc, anonymous).await.status(), StatusCode::OK);
     // alice is not charged for it.
     assert_eq!(send(&svc, alice()).await.status(), StatusCode::OK);
@@ -363,7 +363,8 @@ async fn ratelimit_client_ip_behind_trusted_proxies() {
             .header("x-forwarded-for", xff)
             .body(String::new())
             .unwrap();
-        req.extensions_mut().insert(PeerAddr(peer.parse().unwrap()));
+        req.extensions_mut()
+            .insert(ClientAddr(peer.parse().unwrap()));
         req
     };
     assert_eq!(

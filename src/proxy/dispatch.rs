@@ -4,7 +4,6 @@ use std::{
     convert::Infallible,
     fmt,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -22,13 +21,8 @@ use super::{
     headers::{add_forwarding, is_upgrade, remove_hop_by_hop},
     retry::Replayable,
 };
+use crate::connection::ClientAddr;
 use crate::reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody};
-
-/// The address of the client that opened the connection. Insert it into
-/// request extensions in your accept loop (the the `tls` module server helpers
-/// do); the proxy appends it to `X-Forwarded-For` / `Forwarded`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
 
 /// Forwards requests to the upstream of their route (see the [module
 /// documentation](super)).
@@ -164,7 +158,7 @@ where
         let upgrade = is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let original_host = request.headers().get(header::HOST).cloned();
-        let client = request.extensions().get::<super::ClientAddr>().map(|c| c.0);
+        let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
         let headers = request.headers_mut();
         remove_hop_by_hop(headers, upgrade);
         add_forwarding(

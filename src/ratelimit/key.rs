@@ -20,6 +20,7 @@ use std::{
 use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
 use serde_json::Value;
 
+pub use crate::connection::ClientAddr;
 use crate::{
     identity::{ClaimPath, Identity},
     route::RouteTemplate,
@@ -32,21 +33,6 @@ pub const MAX_VALUE_LEN: usize = 256;
 
 /// The longest a whole key may grow (escaped).
 pub const MAX_KEY_LEN: usize = 1024;
-
-/// The address of the connection's peer, as the server accepted it.
-///
-/// Servers put it in the request extensions; [`ClientIp`] reads it. With
-/// axum, copy `ConnectInfo<SocketAddr>` into it; with hyper, insert it from
-/// the address `accept` returned:
-///
-/// ```
-/// use tower_gateway::ratelimit::PeerAddr;
-///
-/// let mut request = http::Request::new(());
-/// request.extensions_mut().insert(PeerAddr("192.0.2.7:50123".parse().unwrap()));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PeerAddr(pub SocketAddr);
 
 /// What a [`KeyExtractor`] may read of a request: its head and extensions.
 #[derive(Debug, Clone, Copy)]
@@ -115,7 +101,7 @@ impl<'a> RequestInfo<'a> {
 
     /// The connection's peer address, if the server put one there.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.extensions.get::<PeerAddr>().map(|p| p.0)
+        self.extensions.get::<ClientAddr>().map(|p| p.0)
     }
 }
 
@@ -423,7 +409,7 @@ pub enum ForwardedHeader {
 
 /// Per client IP address.
 ///
-/// By default the key is the connection's peer address ([`PeerAddr`]) and
+/// By default the key is the connection's peer address ([`ClientAddr`]) and
 /// forwarding headers are ignored: anyone can write them. Behind proxies,
 /// name the networks they send from with [`ClientIp::trust`]; then, when
 /// the peer is one of them, the forwarding header is read from the right
@@ -656,7 +642,7 @@ mod tests {
             );
         }
         let mut ext = Extensions::new();
-        ext.insert(PeerAddr(peer.parse().unwrap()));
+        ext.insert(ClientAddr(peer.parse().unwrap()));
         (Method::GET, Uri::from_static("/"), map, ext)
     }
 

@@ -25,7 +25,7 @@
 //!   `backend_error` or `fallback`.
 //! - **Keys** come only from verified data ([`key`] module docs): the
 //!   [`Identity`](crate::identity::Identity) an authenticating layer put in
-//!   the extensions, the [`PeerAddr`] (forwarding headers only from proxies
+//!   the extensions, the [`ClientAddr`] (forwarding headers only from proxies
 //!   you trust), and headers you name. Client values are length-limited and
 //!   escaped. [`KeyExtractor`] is a one-method trait for your own keys.
 //! - **Tiers**: callers with a role get their own limit
@@ -47,7 +47,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use http::{Request, Response, StatusCode};
 //! use tower::{Service, ServiceBuilder, ServiceExt};
-//! use tower_gateway::ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, PeerAddr, RateLimitLayer};
+//! use tower_gateway::ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, ClientAddr, RateLimitLayer};
 //!
 //! let ratelimit = RateLimitLayer::builder()
 //!     .key(Consumer::subject().or(ClientIp::peer()))
@@ -63,7 +63,7 @@
 //!
 //! let request = || {
 //!     let mut req = Request::new(String::new());
-//!     req.extensions_mut().insert(PeerAddr("192.0.2.7:50123".parse().unwrap()));
+//!     req.extensions_mut().insert(ClientAddr("192.0.2.7:50123".parse().unwrap()));
 //!     req
 //! };
 //! let ok = svc.ready().await?.call(request()).await?;
@@ -96,8 +96,8 @@ pub use decision::{Decision, WindowState};
 pub use future::ResponseFuture;
 pub use headers::QuotaHeaders;
 pub use key::{
-    ClientIp, Consumer, Fixed, ForwardedHeader, Header, IpNet, IpNetError, KeyBuilder, KeyError,
-    KeyExtractor, Or, PeerAddr, RequestInfo, Route,
+    ClientAddr, ClientIp, Consumer, Fixed, ForwardedHeader, Header, IpNet, IpNetError, KeyBuilder,
+    KeyError, KeyExtractor, Or, RequestInfo, Route,
 };
 #[cfg(feature = "redis")]
 pub use layer::RedisRateLimitLayer;

@@ -40,7 +40,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 /// CA, and every request on it carries the verified
 /// [`Identity`](crate::identity::Identity) and
 /// [`PeerIdentity`](crate::identity::PeerIdentity) in its extensions (see
-/// [`PeerIdentityLayer`](super::PeerIdentityLayer)).
+/// [`PeerIdentityLayer`](super::PeerIdentityLayer)), and the
+/// connection's [`ClientAddr`](crate::connection::ClientAddr).
 ///
 /// `service` is any `tower` service of `http::Request<hyper::body::Incoming>`
 /// that can be cloned per connection: an axum `Router`, tonic's `Routes`, a
@@ -255,7 +256,17 @@ async fn connection<S, B>(
         "mtls connection accepted"
     );
     let (stream, layer) = accepted.into_parts();
-    let service = TowerToHyperService::new(layer.layer(service));
+    // Every request also carries the connection's peer address, for rate
+    // limits and forwarding headers.
+    let client = crate::connection::ClientAddr(remote);
+    let service = tower::util::MapRequest::new(
+        layer.layer(service),
+        move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(client);
+            request
+        },
+    );
+    let service = TowerToHyperService::new(service);
     let builder = auto::Builder::new(TokioExecutor::new());
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
     let result = tokio::select! {

@@ -1,0 +1,21 @@
+//! What the server knows about the connection a request came on.
+
+use std::net::SocketAddr;
+
+/// The address of the peer that opened the connection — the client, or the
+/// last proxy in front of the gateway.
+///
+/// The server puts it into request extensions (the `tls` module's `serve`
+/// does; with axum, `map_request` from `ConnectInfo`; with hyper-util, in the
+/// accept loop). The rate limiter keys on it (and reads forwarding headers
+/// only from trusted proxies), and the proxy appends it to
+/// `X-Forwarded-For`/`Forwarded`.
+///
+/// ```
+/// use tower_gateway::connection::ClientAddr;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(ClientAddr("192.0.2.7:50123".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);

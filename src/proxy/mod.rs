@@ -56,5 +56,8 @@ pub use dispatch::{Proxy, ProxyFuture};
 pub use forward::{Connector, ProxyBody, UpstreamProtocol};
 pub use headers::ForwardedHeaders;
 pub use retry::RetryConfig;
-pub use route::{Route, RouteLayer, RouteMatch, RouteMatcher, RouteTable, RouteTableBuilder};
+pub use route::{
+    RequireRoute, RequireRouteLayer, Route, RouteLayer, RouteMatch, RouteMatcher, RouteTable,
+    RouteTableBuilder,
+};
 pub use upstream::{ProxyError, Upstream, UpstreamService};

@@ -328,6 +328,91 @@ where
     }
 }
 
+/// Answers requests that no route serves — 404, 405 with `Allow`, 400 for
+/// a path that cannot be normalized — before they reach authentication, the
+/// way Kong answers "no Route matched" whatever the plugins. Place it after
+/// [`RouteLayer`] (and after metrics, so those answers are counted).
+#[derive(Debug, Clone)]
+pub struct RequireRouteLayer {
+    table: Arc<RouteTable>,
+    renderer: crate::reject::Renderer,
+}
+
+impl RequireRouteLayer {
+    /// Requires a route of `table`.
+    pub fn new(table: &Arc<RouteTable>) -> Self {
+        Self {
+            table: table.clone(),
+            renderer: crate::reject::Renderer::default(),
+        }
+    }
+
+    /// Renders the refusals with `renderer`.
+    pub fn renderer(mut self, renderer: crate::reject::Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+}
+
+impl<S> Layer<S> for RequireRouteLayer {
+    type Service = RequireRoute<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireRoute {
+            inner,
+            table: self.table.clone(),
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+/// The service of [`RequireRouteLayer`].
+#[derive(Debug, Clone)]
+pub struct RequireRoute<S> {
+    inner: S,
+    table: Arc<RouteTable>,
+    renderer: crate::reject::Renderer,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for RequireRoute<S>
+where
+    S: Service<Request<B>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<crate::reject::ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = crate::reject::ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        use crate::reject::{Rejection, RejectionKind, RequestHead, ResponseFuture};
+        let rejection = match self.table.annotate(&mut request) {
+            Some(RouteMatch::Found(_)) => return ResponseFuture::inner(self.inner.call(request)),
+            Some(RouteMatch::MethodNotAllowed(allow)) => Rejection::new(
+                RejectionKind::MethodNotAllowed,
+                "method_not_allowed",
+                "method not allowed",
+            )
+            .with_header(header::ALLOW, allow),
+            Some(RouteMatch::NotFound) => {
+                Rejection::new(RejectionKind::NotFound, "no_route", "no route")
+            }
+            None => {
+                let detail = path::normalize(request.uri().path())
+                    .err()
+                    .map_or_else(|| "invalid path".to_owned(), |e| e.to_string());
+                Rejection::bad_request("invalid_path", detail)
+            }
+        };
+        ResponseFuture::rejected(
+            self.renderer
+                .respond(&rejection, &RequestHead::of(&request)),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,289 @@
+//! The reference gateway, assembled from the crate's layers. `main.rs`
+//! runs it; `tests/reference_gateway.rs` drives it from outside.
+
+#[path = "auth_server.rs"]
+pub mod auth_server;
+#[path = "pki.rs"]
+pub mod pki;
+#[path = "services.rs"]
+pub mod services;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{Router, extract::ConnectInfo, http::Method, routing::get};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_gateway::{
+    auth::{Issuer, JwtAuthLayer},
+    circuit::CircuitConfig,
+    connection::ClientAddr,
+    discovery::{Endpoint, EndpointWatch, StaticDiscovery},
+    metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
+    proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
+    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer},
+    rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
+    tls::{self, MtlsClientConfig},
+};
+
+use self::services::Kind;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the gateway listens on and talks to; every field has an
+/// environment variable (see `main.rs`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: SocketAddr,
+    pub auth: SocketAddr,
+    /// Shared rate-limit state (`REDIS_URL`); the local limiter otherwise.
+    pub redis_url: Option<String>,
+    /// Register and discover the services in Consul (`CONSUL_HTTP_ADDR`);
+    /// a static list otherwise.
+    pub consul: bool,
+    /// Requests per second and per hour of one consumer (Kong's
+    /// `config.second` and `config.hour`); admins get ten times as many.
+    pub per_second: u32,
+    pub per_hour: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            gateway: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            auth: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            redis_url: None,
+            consul: false,
+            per_second: 5,
+            per_hour: 1000,
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Running {
+    pub gateway: SocketAddr,
+    pub auth: SocketAddr,
+    pub services: Vec<(&'static str, SocketAddr)>,
+}
+
+/// The gateway's own policy: the union of the services' policies, checked
+/// before any request leaves the gateway.
+fn gateway_policy() -> Result<Policy, BoxError> {
+    Ok(Policy::builder()
+        .rule(
+            Rule::exact("/orders")
+                .methods([Method::GET])
+                .any_of(["admin"]),
+        )
+        .rule(
+            Rule::exact("/orders")
+                .methods([Method::POST])
+                .any_of(["user"]),
+        )
+        .rule(
+            Rule::exact("/orders/{id}")
+                .methods([Method::GET])
+                .any_of(["user"]),
+        )
+        .rule(
+            Rule::exact("/payments")
+                .methods([Method::POST])
+                .any_of(["user"]),
+        )
+        .rule(
+            Rule::exact("/payments")
+                .methods([Method::GET])
+                .any_of(["admin"]),
+        )
+        .rule(
+            Rule::new("/inventory")
+                .methods([Method::GET])
+                .authenticated(),
+        )
+        .rule(
+            Rule::exact("/inventory/{sku}")
+                .methods([Method::PUT])
+                .any_of(["admin"]),
+        )
+        .deny_unmatched(true)
+        .build()?)
+}
+
+/// Where the gateway finds each service's instances.
+async fn discovery(
+    config: &Config,
+    kind: Kind,
+    addr: SocketAddr,
+    keep: &mut Vec<Box<dyn std::any::Any + Send>>,
+) -> Result<EndpointWatch, BoxError> {
+    #[cfg(feature = "consul")]
+    if config.consul {
+        use tower_gateway::discovery::consul::{ServiceCheck, ServiceRegistration};
+        let consul = tower_gateway::discovery::consul::ConsulClientBuilder::from_env().build()?;
+        let registration = consul
+            .register(
+                ServiceRegistration::new(kind.name(), format!("{}-{}", kind.name(), addr.port()))
+                    .address(addr.ip().to_string())
+                    .port(addr.port())
+                    .tags(["tower-gateway-example"])
+                    .check(
+                        ServiceCheck::ttl(Duration::from_secs(10))
+                            .deregister_critical_service_after(Duration::from_secs(60)),
+                    ),
+            )
+            .await?;
+        let watch = consul.watch(kind.name()).spawn()?;
+        watch.wait_for_sync(Duration::from_secs(5)).await;
+        let view = watch.watch();
+        keep.push(Box::new(registration));
+        keep.push(Box::new(watch));
+        return Ok(view);
+    }
+    let _ = config;
+    let source = StaticDiscovery::new([Endpoint::new(
+        format!("{}-1", kind.name()),
+        addr.ip().to_string(),
+        addr.port(),
+    )]);
+    let view = source.watch();
+    keep.push(Box::new(source));
+    Ok(view)
+}
+
+/// Starts the auth server, the three services and the gateway.
+pub async fn start(config: Config) -> Result<Running, BoxError> {
+    #[cfg(not(feature = "redis"))]
+    if config.redis_url.is_some() {
+        tracing::warn!(
+            "REDIS_URL is set, but this build lacks the `redis` feature: limits stay local"
+        );
+    }
+    #[cfg(not(feature = "consul"))]
+    if config.consul {
+        tracing::warn!(
+            "CONSUL_HTTP_ADDR is set, but this build lacks the `consul` feature: discovery stays static"
+        );
+    }
+    let pki = pki::DevPki::generate()?;
+    let auth_listener = TcpListener::bind(config.auth).await?;
+    let auth_addr = auth_listener.local_addr()?;
+    let issuer = format!("http://{auth_addr}");
+    tokio::spawn(auth_server::serve(auth_listener, issuer.clone()));
+
+    let metrics = GatewayMetrics::default();
+    let observer = metrics.observer();
+    let client_tls = MtlsClientConfig::from_pem(
+        pki.gateway.chain.as_bytes(),
+        pki.gateway.key.as_bytes(),
+        pki.ca.as_bytes(),
+    )?;
+    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let mut table = RouteTable::builder();
+    let mut services = Vec::new();
+    for kind in [Kind::Orders, Kind::Payments, Kind::Inventory] {
+        let addr = services::start(kind, &pki, &issuer).await?;
+        services.push((kind.name(), addr));
+        let upstream = Upstream::new(
+            kind.name(),
+            discovery(&config, kind, addr, &mut keep).await?,
+        )
+        .tls(tls::client_connector(&client_tls))
+        .connect_timeout(Duration::from_secs(1))
+        .request_timeout(Duration::from_secs(10))
+        .retries(RetryConfig::default())
+        .circuit(CircuitConfig::default(), 0.5)
+        .observer(observer.clone())
+        .build()?;
+        let methods = match kind {
+            Kind::Orders | Kind::Payments => [Method::GET, Method::POST],
+            Kind::Inventory => [Method::GET, Method::PUT],
+        };
+        table = table.route(
+            Route::prefix(format!("/{}", kind.name())).methods(methods),
+            upstream,
+        );
+    }
+    let table = table.build()?;
+    // Discovery sources and registrations live as long as the process.
+    std::mem::forget(keep);
+
+    let auth = JwtAuthLayer::builder()
+        .issuer(
+            Issuer::new(issuer)
+                .audience(auth_server::AUDIENCE)
+                .oidc_discovery(),
+        )
+        // Tokenless requests reach RBAC: public routes pass, others get 401.
+        .allow_anonymous(true)
+        .observer(observer.clone())
+        .build()?;
+    if !auth.wait_for_keys(Duration::from_secs(5)).await {
+        return Err("the auth server published no keys".into());
+    }
+    let rbac = RbacLayer::new(gateway_policy()?)
+        .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]))
+        .observer(observer.clone());
+    #[allow(unused_mut)]
+    let mut limits = RateLimitLayer::builder()
+        .key(Consumer::subject().or(ClientIp::peer()))
+        .limit(
+            Limit::new()
+                .per_second(config.per_second)
+                .per_hour(config.per_hour),
+        )
+        .tier(
+            "admin",
+            Limit::new()
+                .per_second(config.per_second.saturating_mul(10))
+                .per_hour(config.per_hour.saturating_mul(10)),
+        )
+        .observer(observer.clone());
+    #[cfg(feature = "redis")]
+    if let Some(url) = &config.redis_url {
+        use tower_gateway::ratelimit::{FailurePolicy, RedisBackend, RedisConfig};
+        limits = limits
+            .redis(RedisBackend::connect_lazy(url, RedisConfig::default())?)
+            .on_backend_error(FailurePolicy::Local);
+    }
+    let limits = limits.build()?;
+
+    let gateway = ServiceBuilder::new()
+        .layer(RouteLayer::new(&table))
+        .layer(MetricsLayer::new(&metrics))
+        // Unknown routes are 404 (405, 400) for everyone, as in Kong.
+        .layer(RequireRouteLayer::new(&table))
+        .layer(auth)
+        .layer(rbac)
+        .layer(limits)
+        .service(Proxy::new(&table));
+    let app = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route_service("/metrics", MetricsHandler::new(&metrics))
+        .fallback_service(gateway)
+        .layer(tower::util::MapRequestLayer::new(
+            |mut request: axum::extract::Request| {
+                if let Some(ConnectInfo(addr)) = request
+                    .extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .copied()
+                {
+                    request.extensions_mut().insert(ClientAddr(addr));
+                }
+                request
+            },
+        ));
+    let listener = TcpListener::bind(config.gateway).await?;
+    let gateway_addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await;
+    });
+    Ok(Running {
+        gateway: gateway_addr,
+        auth: auth_addr,
+        services,
+    })
+}

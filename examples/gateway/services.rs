@@ -1,0 +1,278 @@
+//! The Order, Payment and Inventory services: each verifies the token again
+//! and enforces its own RBAC (defence in depth, as the seed asks), and
+//! serves only over mutual TLS.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Extension, Json, Router,
+    extract::Path,
+    http::{Method, StatusCode},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_gateway::{
+    Identity,
+    auth::{Issuer, JwtAuthLayer},
+    rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
+    tls::{self, MtlsAcceptor},
+};
+
+use super::{BoxError, auth_server::AUDIENCE, pki::DevPki};
+
+/// Which service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Orders,
+    Payments,
+    Inventory,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Orders => "orders",
+            Self::Payments => "payments",
+            Self::Inventory => "inventory",
+        }
+    }
+
+    /// The service's own policy. The seed's Express example rejects admins
+    /// on `POST /orders`; here `admin` implies `user`.
+    fn policy(self) -> Result<Policy, BoxError> {
+        let builder = Policy::builder().deny_unmatched(true);
+        let builder = match self {
+            Self::Orders => builder
+                .rule(
+                    Rule::exact("/orders")
+                        .methods([Method::GET])
+                        .any_of(["admin"]),
+                )
+                .rule(
+                    Rule::exact("/orders")
+                        .methods([Method::POST])
+                        .any_of(["user"]),
+                )
+                .rule(
+                    Rule::exact("/orders/{id}")
+                        .methods([Method::GET])
+                        .any_of(["user"]),
+                ),
+            Self::Payments => builder
+                .rule(
+                    Rule::exact("/payments")
+                        .methods([Method::POST])
+                        .any_of(["user"]),
+                )
+                .rule(
+                    Rule::exact("/payments")
+                        .methods([Method::GET])
+                        .any_of(["admin"]),
+                ),
+            Self::Inventory => builder
+                .rule(
+                    Rule::exact("/inventory")
+                        .methods([Method::GET])
+                        .authenticated(),
+                )
+                .rule(
+                    Rule::exact("/inventory/{sku}")
+                        .methods([Method::GET])
+                        .authenticated(),
+                )
+                .rule(
+                    Rule::exact("/inventory/{sku}")
+                        .methods([Method::PUT])
+                        .any_of(["admin"]),
+                ),
+        };
+        Ok(builder.build()?)
+    }
+}
+
+type Store = Arc<Mutex<Vec<Value>>>;
+/// Stock per SKU.
+type StockStore = Arc<Mutex<Vec<(String, u32)>>>;
+
+#[derive(Deserialize)]
+struct NewOrder {
+    item: String,
+    quantity: u32,
+}
+
+#[derive(Deserialize)]
+struct NewPayment {
+    order_id: u64,
+    amount_cents: u64,
+}
+
+#[derive(Deserialize)]
+struct Stock {
+    quantity: u32,
+}
+
+fn who(identity: &Identity) -> String {
+    identity.subject().unwrap_or("-").to_owned()
+}
+
+fn routes(kind: Kind) -> Router {
+    let store: Store = Arc::default();
+    match kind {
+        Kind::Orders => Router::new()
+            .route(
+                "/orders",
+                get(|Extension(store): Extension<Store>| async move {
+                    let orders = store.lock().map(|o| o.clone()).unwrap_or_default();
+                    Json(json!({ "orders": orders }))
+                })
+                .post(
+                    |Extension(store): Extension<Store>,
+                     Extension(id): Extension<Identity>,
+                     Json(order): Json<NewOrder>| async move {
+                        if order.quantity == 0 || order.item.is_empty() || order.item.len() > 200 {
+                            return Err((
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "item and a positive quantity required",
+                            ));
+                        }
+                        let Ok(mut orders) = store.lock() else {
+                            return Err((StatusCode::INTERNAL_SERVER_ERROR, "store unavailable"));
+                        };
+                        let created = json!({
+                            "id": orders.len() as u64 + 1,
+                            "item": order.item,
+                            "quantity": order.quantity,
+                            "owner": who(&id),
+                        });
+                        orders.push(created.clone());
+                        Ok((StatusCode::CREATED, Json(created)))
+                    },
+                ),
+            )
+            .route(
+                "/orders/{id}",
+                get(
+                    |Extension(store): Extension<Store>, Path(order): Path<u64>| async move {
+                        let orders = store.lock().map(|o| o.clone()).unwrap_or_default();
+                        orders
+                            .into_iter()
+                            .find(|o| o["id"] == order)
+                            .map(Json)
+                            .ok_or(StatusCode::NOT_FOUND)
+                    },
+                ),
+            )
+            .layer(Extension(store)),
+        Kind::Payments => Router::new()
+            .route(
+                "/payments",
+                get(|Extension(store): Extension<Store>| async move {
+                    let payments = store.lock().map(|p| p.clone()).unwrap_or_default();
+                    Json(json!({ "payments": payments }))
+                })
+                .post(
+                    |Extension(store): Extension<Store>,
+                     Extension(id): Extension<Identity>,
+                     Json(payment): Json<NewPayment>| async move {
+                        if payment.amount_cents == 0 {
+                            return Err((
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                "amount must be positive",
+                            ));
+                        }
+                        let Ok(mut payments) = store.lock() else {
+                            return Err((StatusCode::INTERNAL_SERVER_ERROR, "store unavailable"));
+                        };
+                        let created = json!({
+                            "payment_id": payments.len() as u64 + 1,
+                            "order_id": payment.order_id,
+                            "amount_cents": payment.amount_cents,
+                            "payer": who(&id),
+                            "status": "authorized",
+                        });
+                        payments.push(created.clone());
+                        Ok((StatusCode::CREATED, Json(created)))
+                    },
+                ),
+            )
+            .layer(Extension(store)),
+        Kind::Inventory => {
+            let stock: StockStore =
+                Arc::new(Mutex::new(vec![("sku-1".into(), 12), ("sku-2".into(), 0)]));
+            Router::new()
+                .route(
+                    "/inventory",
+                    get(
+                        |Extension(stock): Extension<StockStore>| async move {
+                            let items: serde_json::Map<String, Value> = stock
+                                .lock()
+                                .map(|s| s.iter().map(|(k, v)| (k.clone(), json!(v))).collect())
+                                .unwrap_or_default();
+                            Json(json!({ "items": items }))
+                        },
+                    ),
+                )
+                .route(
+                    "/inventory/{sku}",
+                    get(
+                        |Extension(stock): Extension<StockStore>,
+                         Path(sku): Path<String>| async move {
+                            let found = stock
+                                .lock()
+                                .ok()
+                                .and_then(|s| s.iter().find(|(k, _)| *k == sku).map(|(_, v)| *v));
+                            found
+                                .map(|q| Json(json!({"sku": sku, "quantity": q})))
+                                .ok_or(StatusCode::NOT_FOUND)
+                        },
+                    )
+                    .put(
+                        |Extension(stock): Extension<StockStore>,
+                         Path(sku): Path<String>,
+                         Json(new): Json<Stock>| async move {
+                            if sku.len() > 64 {
+                                return Err(StatusCode::UNPROCESSABLE_ENTITY);
+                            }
+                            let Ok(mut stock) = stock.lock() else {
+                                return Err(StatusCode::INTERNAL_SERVER_ERROR);
+                            };
+                            match stock.iter_mut().find(|(k, _)| *k == sku) {
+                                Some(entry) => entry.1 = new.quantity,
+                                None => stock.push((sku.clone(), new.quantity)),
+                            }
+                            Ok(Json(json!({"sku": sku, "quantity": new.quantity})))
+                        },
+                    ),
+                )
+                .layer(Extension(stock))
+        }
+    }
+}
+
+/// Starts one service on a free loopback port, over mutual TLS.
+pub async fn start(kind: Kind, pki: &DevPki, issuer: &str) -> Result<SocketAddr, BoxError> {
+    let auth = JwtAuthLayer::builder()
+        .issuer(Issuer::new(issuer).audience(AUDIENCE).oidc_discovery())
+        .build()?;
+    let rbac =
+        RbacLayer::new(kind.policy()?).hierarchy(RoleHierarchy::new().inherit("admin", ["user"]));
+    let app = ServiceBuilder::new()
+        .layer(auth)
+        .layer(rbac)
+        .service(routes(kind));
+    let acceptor = MtlsAcceptor::from_pem(
+        pki.service.chain.as_bytes(),
+        pki.service.key.as_bytes(),
+        pki.ca.as_bytes(),
+    )?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { tls::serve(listener, acceptor, app).await });
+    Ok(addr)
+}

@@ -362,7 +362,15 @@ async fn routes_by_prefix_with_404_405_and_prefix_stripping() {
     )
     .await;
     assert_eq!(s, 405);
-    assert_eq!(h["allow"], "GET, POST");
+    assert_eq!(h["allow"], "GET, HEAD, POST");
+    // HEAD is served wherever GET is.
+    let (s, _, _) = send(
+        Request::head(format!("http://{gw}/orders/1"))
+            .body(full(""))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
     // Normalized before matching: the upstream receives the normalized path.
     let (s, _, body) = get(gw, "/public/%2e%2e/orders//7").await;
     assert_eq!(s, 200);

@@ -215,6 +215,10 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         )
         // Tokenless requests reach RBAC: public routes pass, others get 401.
         .allow_anonymous(true)
+        // The services may read who called from these headers; a client's own
+        // values are stripped first, so they cannot be forged.
+        .forward_subject(http::HeaderName::from_static("x-user-id"))
+        .forward_roles(http::HeaderName::from_static("x-user-roles"))
         .observer(observer.clone())
         .build()?;
     if !auth.wait_for_keys(Duration::from_secs(5)).await {

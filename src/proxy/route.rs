@@ -56,7 +56,8 @@ impl Route {
         self
     }
 
-    /// Only these methods; others get 405 with `Allow` (default: all).
+    /// Only these methods (a route for `GET` also serves `HEAD`); others get
+    /// 405 with `Allow` (default: all).
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self
@@ -182,6 +183,12 @@ fn host_matches(pattern: &str, host: Option<&str>) -> bool {
     }
 }
 
+/// HEAD is allowed wherever GET is (RFC 9110 §9.3.2), as routers answer it
+/// with the GET handler — and as RBAC treats it.
+fn method_allowed(methods: &[Method], method: &Method) -> bool {
+    methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path == prefix
@@ -211,8 +218,11 @@ impl RouteTable {
                 continue;
             }
             path_matched = true;
-            if !route.methods.is_empty() && !route.methods.contains(request.method()) {
+            if !route.methods.is_empty() && !method_allowed(&route.methods, request.method()) {
                 allow.extend(route.methods.iter().cloned());
+                if route.methods.contains(&Method::GET) {
+                    allow.push(Method::HEAD);
+                }
                 continue;
             }
             let rank = (route.host.is_some(), route.prefix.len());

@@ -267,3 +267,59 @@ async fn the_reference_gateway_rate_limits_per_consumer() {
         200
     );
 }
+
+/// The reference gateway's own scrape, after traffic with most outcomes,
+/// passes `promtool check metrics` (Debian's `prometheus` package; under
+/// `CI=true` a missing promtool fails the test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_gateway_scrape_passes_promtool() {
+    let promtool_installed = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join("promtool").is_file()))
+        .unwrap_or(false);
+    if !promtool_installed {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is required under CI=true"
+        );
+        eprintln!("SKIPPED: promtool not installed (apt-get install prometheus)");
+        return;
+    }
+    let gw = Gateway::start(2).await;
+    let user = gw.token("alice", "user").await;
+    for _ in 0..4 {
+        gw.call(Method::GET, "/inventory", Some(&user), None).await;
+    }
+    gw.call(Method::GET, "/orders", Some(&user), None).await;
+    gw.call(Method::GET, "/orders", None, None).await;
+    gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
+    gw.call(Method::GET, "/nope", None, None).await;
+    let request = Request::get(format!("http://{}/metrics", gw.addr))
+        .header("accept", "text/plain")
+        .body(Full::default())
+        .unwrap();
+    let (status, scrape) = gw.send(request).await;
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&scrape).into_owned();
+    assert!(text.contains("gateway_ratelimit_decisions_total"), "{text}");
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

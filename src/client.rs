@@ -130,6 +130,7 @@ impl HttpClientConfig {
 
 /// Why a control-plane request failed; logged, never shown to clients.
 #[derive(Debug, thiserror::Error)]
+#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
 pub(crate) enum FetchError {
     #[error("invalid url {0:?}")]
     Url(String),
@@ -148,6 +149,8 @@ pub(crate) enum FetchError {
 #[derive(Clone)]
 pub(crate) struct HttpFetcher {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    // Used by `get` (JWKS); Consul passes its own timeouts to `send`.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
     request_timeout: Duration,
     max_body_bytes: usize,
 }
@@ -164,6 +167,7 @@ pub(crate) struct Fetched {
 
 impl HttpFetcher {
     /// GETs `url` and returns the body of a 200 response.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
     pub(crate) async fn get(&self, url: &str) -> Result<Bytes, FetchError> {
         let uri: Uri = url.parse().map_err(|_| FetchError::Url(url.to_owned()))?;
         let request = Request::get(uri)

@@ -54,7 +54,7 @@ impl Identity {
     pub fn from_claims(claims: Map<String, Value>, roles: &RoleSource) -> Self {
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         let issuer = claims.get("iss").and_then(Value::as_str).map(str::to_owned);
-        let expires_at = claims.get("exp").and_then(Value::as_u64);
+        let expires_at = claims.get("exp").and_then(numeric_date);
         let role_list = roles.extract(&claims);
         let mut scopes = Vec::new();
         for name in ["scope", "scp"] {
@@ -298,6 +298,20 @@ impl Default for RoleSource {
     fn default() -> Self {
         Self::new([ClaimPath::dotted("roles"), ClaimPath::dotted("role")])
     }
+}
+
+/// A NumericDate claim (`exp`, `nbf`) in whole seconds, read exactly as the
+/// token verifier (jsonwebtoken) reads it: a non-negative integer, or a
+/// finite non-negative fraction below `u64::MAX`, rounded (RFC 7519 §2
+/// allows fractions). Reading only integers here made a fractional `exp`
+/// that verification accepted look absent: refused under a maximum
+/// lifetime, and an identity that "never expires" otherwise.
+pub(crate) fn numeric_date(value: &Value) -> Option<u64> {
+    if let Some(n) = value.as_u64() {
+        return Some(n);
+    }
+    let f = value.as_f64().filter(|f| value.is_f64() && f.is_finite())?;
+    (f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
 }
 
 /// Appends the strings of `value` (a whitespace-separated string or an array

@@ -254,14 +254,17 @@ impl JwtAuthBuilder {
 
     /// Sends the verified subject to the upstream in header `name`. The
     /// header is removed from every incoming request first, so a client can
-    /// never assert it.
+    /// never assert it. A subject a header cannot carry exactly (leading or
+    /// trailing whitespace, control characters) is not forwarded.
     pub fn forward_subject(mut self, name: HeaderName) -> Self {
         self.forward_subject = Some(name);
         self
     }
 
     /// Sends the verified roles, comma separated, in header `name` (removed
-    /// from incoming requests first, like [`Self::forward_subject`]).
+    /// from incoming requests first, like [`Self::forward_subject`]). Role
+    /// values containing a comma or padded with whitespace are left out:
+    /// the upstream would read them as other roles.
     pub fn forward_roles(mut self, name: HeaderName) -> Self {
         self.forward_roles = Some(name);
         self

@@ -143,17 +143,32 @@ fn admit<B>(
             "claims do not match the configured type".into(),
         ));
     }
+    // HTTP drops leading and trailing whitespace from field values, so a
+    // subject of " admin" would reach the upstream as "admin": one that a
+    // header cannot carry exactly is not forwarded at all (the client's
+    // header was stripped above, so the upstream sees none).
     if let Some(name) = &shared.forward_subject
         && let Some(value) = identity
             .subject()
+            .filter(|s| s.trim() == *s)
             .and_then(|s| HeaderValue::from_str(s).ok())
     {
         request.headers_mut().insert(name.clone(), value);
     }
-    if let Some(name) = &shared.forward_roles
-        && let Ok(value) = HeaderValue::from_str(&identity.roles().join(","))
-    {
-        request.headers_mut().insert(name.clone(), value);
+    // The upstream splits this list on commas and trims each item (RFC 9110
+    // §5.6.1): a role value holding a comma or padded with whitespace
+    // (`"viewer,admin"`, `" admin"`) would become another role there, one
+    // RBAC here never granted. Such values are left out of the header.
+    if let Some(name) = &shared.forward_roles {
+        let roles: Vec<&str> = identity
+            .roles()
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !r.contains(',') && r.trim() == *r)
+            .collect();
+        if let Ok(value) = HeaderValue::from_str(&roles.join(",")) {
+            request.headers_mut().insert(name.clone(), value);
+        }
     }
     request.extensions_mut().insert(identity);
     Ok(())

@@ -47,18 +47,34 @@ impl TokenSources {
         }
         if let Some(name) = &self.cookie {
             for value in headers.get_all(header::COOKIE) {
-                let value = value.to_str().map_err(|_| AuthError::Malformed)?;
-                for pair in value.split(';') {
-                    let (k, v) = pair.trim().split_once('=').unwrap_or((pair.trim(), ""));
-                    if k == name {
-                        let v = v.trim_matches('"');
+                // Split the raw bytes: another cookie's non-ASCII value (raw
+                // UTF-8 from `document.cookie`, or one tossed in by a sibling
+                // subdomain) must not refuse a request; only the value of
+                // our cookie has to be text.
+                for pair in value.as_bytes().split(|&b| b == b';') {
+                    let (k, v) = match pair.iter().position(|&b| b == b'=') {
+                        Some(at) => (&pair[..at], &pair[at + 1..]),
+                        None => (pair, &[][..]),
+                    };
+                    // Names and values are trimmed the way servers read them
+                    // (Go's net/http, most frameworks trim around `=`):
+                    // `access_token =x` skipped here would pass as anonymous
+                    // while the upstream reads it as the token.
+                    if k.trim_ascii() == name.as_bytes() {
+                        let v = std::str::from_utf8(v.trim_ascii())
+                            .map_err(|_| AuthError::Malformed)?
+                            .trim_matches('"');
                         put(Cow::Borrowed(v))?;
                     }
                 }
             }
         }
         if let (Some(name), Some(query)) = (&self.query, uri.query()) {
-            for pair in query.split('&') {
+            // `;` too: servers that still split queries on it (Python's
+            // `parse_qs` before 3.9.2, Bottle, Tornado) would otherwise read
+            // a token in `?x=1;access_token=...` that we never saw. A token
+            // never contains `;`, so this cannot cut a real one short.
+            for pair in query.split(['&', ';']) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                 let k = percent_decode(k).ok_or(AuthError::Malformed)?;
                 if k == name.as_str() {
@@ -80,12 +96,16 @@ impl TokenSources {
 /// after it is malformed.
 fn bearer_token(value: &str) -> Result<Option<&str>, AuthError> {
     let value = value.trim();
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    // The scheme ends at any whitespace, not only SP: `Bearer<TAB>token`
+    // read as "another scheme" would pass as anonymous under
+    // `allow_anonymous` while upstreams that split on whitespace read the
+    // token. RFC 7235 allows only SP there, so a tab makes it malformed.
+    let (scheme, rest) = value.split_at(value.find([' ', '\t']).unwrap_or(value.len()));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Ok(None);
     }
     let token = rest.trim_start_matches(' ');
-    if token.is_empty() || token.contains(' ') {
+    if token.is_empty() || token.contains([' ', '\t']) {
         return Err(AuthError::Malformed);
     }
     Ok(Some(token))

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{AuthError, Issuer, store::KeyStore};
-use crate::identity::{ClaimPath, Identity, RoleSource};
+use crate::identity::{ClaimPath, Identity, RoleSource, numeric_date};
 
 /// Claim checks shared by every issuer of a layer.
 #[derive(Debug, Clone)]
@@ -162,6 +162,13 @@ impl Verifier {
         if header.kid.as_ref().is_some_and(|kid| kid.len() > 256) {
             return Err(AuthError::Malformed.into());
         }
+        // RFC 7515 §4.1.11: extensions listed in `crit` MUST be understood
+        // or the JWS is invalid. We understand none, and jsonwebtoken does
+        // not look at `crit`: accepting would drop the meaning the issuer
+        // marked as critical (e.g. `b64: false`, RFC 7797).
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed.into());
+        }
         let issuer_index = self.select_issuer(token)?;
         let issuer = &self.issuers[issuer_index];
         let snapshot = issuer.store.load();
@@ -192,7 +199,9 @@ impl Verifier {
             return Err(last_error.into());
         };
         self.check_claims(&claims, now)?;
-        let exp = claims.get("exp").and_then(Value::as_u64);
+        // The same reading of `exp` as the claims check above: the cache
+        // never keeps an entry longer than verification would accept it.
+        let exp = claims.get("exp").and_then(numeric_date);
         let identity = Identity::from_claims(claims, &self.settings.role_source);
         if let (Some(cache), Some(digest), Some(exp)) = (&self.cache, digest, exp) {
             cache.insert(
@@ -277,7 +286,7 @@ impl Verifier {
         if let Some(max) = self.settings.max_lifetime {
             let exp = claims
                 .get("exp")
-                .and_then(Value::as_u64)
+                .and_then(numeric_date)
                 .ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
             if exp.saturating_sub(now) > max.as_secs() {
                 return Err(AuthError::LifetimeTooLong);

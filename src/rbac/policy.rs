@@ -135,7 +135,8 @@ impl Rule {
 
     /// Restricts the rule to these methods (default: every method). A rule
     /// for `GET` also covers `HEAD`, which routers answer with the `GET`
-    /// handler.
+    /// handler, and methods match in any ASCII case (`get` meets the `GET`
+    /// rules), as frameworks that upper-case the method would route it.
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.methods = methods.into_iter().collect();
         self
@@ -423,14 +424,20 @@ impl Policy {
         roles: Option<&[String]>,
         hierarchy: &RoleHierarchy,
     ) -> (Decision, Matched) {
+        // Methods are case-sensitive on the wire, but Django and
+        // Werkzeug/Flask upper-case them: `get` (an extension method to
+        // hyper) must meet the GET rules, or it falls through to
+        // "unmatched" and runs a guarded GET handler for anyone.
+        let same = |a: &Method, b: &Method| a.as_str().eq_ignore_ascii_case(b.as_str());
+        let is_head = same(method, &Method::HEAD);
         let Some((index, rule)) = self.rules.iter().enumerate().find(|(_, rule)| {
             (rule.methods.is_empty()
-                || rule.methods.contains(method)
+                || rule.methods.iter().any(|m| same(m, method))
                 // HEAD is GET without the body (RFC 9110 §9.3.2), and axum,
                 // hyper routers and Express answer it with the GET handler:
                 // a GET rule must guard HEAD too, or HEAD runs an admin-only
                 // handler for anyone.
-                || (method == Method::HEAD && rule.methods.contains(&Method::GET)))
+                || (is_head && rule.methods.contains(&Method::GET)))
                 && rule.pattern.matches(path, self.case_insensitive)
         }) else {
             let decision = match (self.deny_unmatched, roles) {

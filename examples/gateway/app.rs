@@ -5,18 +5,19 @@
 pub mod auth_server;
 #[path = "pki.rs"]
 pub mod pki;
+#[path = "serve.rs"]
+pub mod serve;
 #[path = "services.rs"]
 pub mod services;
 
 use std::{net::SocketAddr, time::Duration};
 
-use axum::{Router, extract::ConnectInfo, http::Method, routing::get};
+use axum::{Router, http::Method, routing::get};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_gateway::{
     auth::{Issuer, JwtAuthLayer},
     circuit::CircuitConfig,
-    connection::ClientAddr,
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
     proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
@@ -44,6 +45,8 @@ pub struct Config {
     /// `config.second` and `config.hour`); admins get ten times as many.
     pub per_second: u32,
     pub per_hour: u32,
+    /// The server's timeouts and size limits towards clients.
+    pub server: serve::Limits,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             consul: false,
             per_second: 5,
             per_hour: 1000,
+            server: serve::Limits::default(),
         }
     }
 }
@@ -263,28 +267,12 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route_service("/metrics", MetricsHandler::new(&metrics))
-        .fallback_service(gateway)
-        .layer(tower::util::MapRequestLayer::new(
-            |mut request: axum::extract::Request| {
-                if let Some(ConnectInfo(addr)) = request
-                    .extensions()
-                    .get::<ConnectInfo<SocketAddr>>()
-                    .copied()
-                {
-                    request.extensions_mut().insert(ClientAddr(addr));
-                }
-                request
-            },
-        ));
+        .fallback_service(gateway);
     let listener = TcpListener::bind(config.gateway).await?;
     let gateway_addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
+    // Not `axum::serve`: it has no header read timeout (slowloris), no limit
+    // on connections, and inserts no `ClientAddr`; see `serve.rs`.
+    tokio::spawn(serve::serve(listener, app, config.server));
     Ok(Running {
         gateway: gateway_addr,
         auth: auth_addr,

@@ -51,6 +51,7 @@ async fn main() -> Result<(), app::BoxError> {
         consul: std::env::var("CONSUL_HTTP_ADDR").is_ok(),
         per_second: env("RATE_PER_SECOND", defaults.per_second)?,
         per_hour: env("RATE_PER_HOUR", defaults.per_hour)?,
+        server: defaults.server,
     };
     let running = app::start(config).await?;
     println!("gateway      http://{}", running.gateway);

@@ -33,6 +33,19 @@ pub struct Proxy {
     preserve_host: bool,
     https: bool,
     renderer: Renderer,
+    max_header_bytes: usize,
+}
+
+/// The default of [`Proxy::max_request_header_bytes`]: 32 KiB.
+pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
+
+/// The size of a header section as HTTP/2 counts it (RFC 9113 §6.5.2: name
+/// and value plus 32 bytes per field).
+fn header_list_size(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 impl fmt::Debug for Proxy {
@@ -52,7 +65,23 @@ impl Proxy {
             preserve_host: false,
             https: false,
             renderer: Renderer::default(),
+            max_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
         }
+    }
+
+    /// Refuses requests whose headers are larger than `bytes` (counted as
+    /// HTTP/2 does: name, value and 32 bytes per field) with 400 before they
+    /// reach an upstream (default 32 KiB).
+    ///
+    /// Upstreams enforce limits of their own (hyper's HTTP/2 default is
+    /// 16 KiB); one that is exceeded by far may answer with a connection
+    /// error instead of a 431, and over a shared HTTP/2 connection that fails
+    /// every other client's request in flight on it — and counts against the
+    /// endpoint's circuit breaker. Oversized headers are the client's fault,
+    /// so they are refused here.
+    pub fn max_request_header_bytes(mut self, bytes: usize) -> Self {
+        self.max_header_bytes = bytes;
+        self
     }
 
     /// Which forwarding headers to send (default `X-Forwarded-*`).
@@ -121,6 +150,29 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // Before anything is forwarded: a header section an upstream may
+        // answer with a connection error (see `max_request_header_bytes`).
+        if header_list_size(request.headers()) > self.max_header_bytes {
+            return self.refuse(
+                &request,
+                Rejection::bad_request("headers_too_large", "request headers too large"),
+            );
+        }
+        // RFC 9112 §3.2: more than one `Host` is a 400. Routing reads the
+        // first; a preserved `Host` would pass both on for the upstream to
+        // pick one.
+        if request
+            .headers()
+            .get_all(header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            return self.refuse(
+                &request,
+                Rejection::bad_request("invalid_host", "more than one Host header"),
+            );
+        }
         let Some(found) = self.table.annotate(&mut request) else {
             let error = crate::path::normalize(request.uri().path()).err();
             let detail = error.map_or_else(|| "invalid path".to_owned(), |e| e.to_string());
@@ -157,7 +209,14 @@ where
         }
         let upgrade = is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let original_host = request.headers().get(header::HOST).cloned();
+        // RFC 9112 §3.2.2: for an absolute-form target (and HTTP/2's
+        // `:authority`) the URI's authority is the host; a `Host` header
+        // beside it is ignored — as the route table does.
+        let original_host = request
+            .uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+            .or_else(|| request.headers().get(header::HOST).cloned());
         let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
         let headers = request.headers_mut();
         remove_hop_by_hop(headers, upgrade);
@@ -168,9 +227,12 @@ where
             if self.https { "https" } else { "http" },
             original_host.as_ref(),
         );
-        if !self.preserve_host {
-            // hyper-util sets `Host` from the upstream URI when absent.
-            headers.remove(header::HOST);
+        // hyper-util sets `Host` from the upstream URI when absent.
+        headers.remove(header::HOST);
+        if self.preserve_host
+            && let Some(host) = &original_host
+        {
+            headers.insert(header::HOST, host.clone());
         }
         if request.body().size_hint().exact() == Some(0) && !upgrade {
             request.extensions_mut().insert(Replayable);

@@ -84,6 +84,27 @@ pub(crate) fn add_forwarding(
     proto: &str,
     original_host: Option<&HeaderValue>,
 ) {
+    // Only the chosen style carries the hop the gateway vouches for; a
+    // client's headers of the other style (and `X-Real-IP`, which nothing
+    // here sets) would reach the upstream as if the gateway had checked
+    // them, naming whatever client address the caller likes.
+    match style {
+        ForwardedHeaders::XForwarded => {
+            headers.remove(header::FORWARDED);
+            headers.remove("x-real-ip");
+        }
+        ForwardedHeaders::Forwarded => {
+            for name in [
+                "x-forwarded-for",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-real-ip",
+            ] {
+                headers.remove(name);
+            }
+        }
+        ForwardedHeaders::None => {}
+    }
     match style {
         ForwardedHeaders::XForwarded => {
             if let Some(client) = client {
@@ -99,8 +120,14 @@ pub(crate) fn add_forwarding(
             if let Ok(value) = HeaderValue::from_str(proto) {
                 headers.insert("x-forwarded-proto", value);
             }
-            if let Some(host) = original_host {
-                headers.insert("x-forwarded-host", host.clone());
+            match original_host {
+                Some(host) => {
+                    headers.insert("x-forwarded-host", host.clone());
+                }
+                // No host to vouch for (HTTP/1.0): not the client's either.
+                None => {
+                    headers.remove("x-forwarded-host");
+                }
             }
         }
         ForwardedHeaders::Forwarded => {

@@ -52,7 +52,7 @@ mod route;
 mod upstream;
 
 pub(crate) use dispatch::empty_body;
-pub use dispatch::{Proxy, ProxyFuture};
+pub use dispatch::{DEFAULT_MAX_REQUEST_HEADER_BYTES, Proxy, ProxyFuture};
 pub use forward::{Connector, ProxyBody, UpstreamProtocol};
 pub use headers::ForwardedHeaders;
 pub use retry::RetryConfig;

@@ -158,11 +158,14 @@ pub enum RouteMatch {
 }
 
 fn host_of<B>(request: &Request<B>) -> Option<String> {
-    let raw = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())?;
+    // RFC 9112 §3.2.2: an absolute-form target's authority (HTTP/2's
+    // `:authority`) wins over `Host`, as the upstream hop sees it.
+    let raw = request.uri().host().or_else(|| {
+        request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })?;
     // Strip the port (keeping IPv6 brackets intact).
     let host = match raw.rfind(':') {
         Some(i) if !raw[i..].contains(']') => &raw[..i],

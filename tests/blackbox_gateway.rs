@@ -380,7 +380,7 @@ async fn oversized_headers_never_reach_an_http2_upstream_and_break_its_connectio
     while let Some(result) = tasks.join_next().await {
         let (big, status) = result.unwrap();
         if big {
-            assert_eq!(status, 400);
+            assert_eq!(status, 431);
         } else {
             assert_eq!(status, 200, "an ordinary request failed");
         }

@@ -155,7 +155,11 @@ where
         if header_list_size(request.headers()) > self.max_header_bytes {
             return self.refuse(
                 &request,
-                Rejection::bad_request("headers_too_large", "request headers too large"),
+                Rejection::new(
+                    RejectionKind::HeadersTooLarge,
+                    "headers_too_large",
+                    "request headers too large",
+                ),
             );
         }
         // RFC 9112 §3.2: more than one `Host` is a 400. Routing reads the

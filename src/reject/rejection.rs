@@ -16,6 +16,9 @@ pub enum RejectionKind {
     BadRequest,
     /// No valid credentials: 401 with `WWW-Authenticate`, gRPC `UNAUTHENTICATED`.
     Unauthenticated,
+    /// The request head is larger than the gateway forwards: 431 (RFC 6585
+    /// §5), gRPC `RESOURCE_EXHAUSTED`.
+    HeadersTooLarge,
     /// Valid credentials without the required permission: 403, gRPC
     /// `PERMISSION_DENIED`.
     Forbidden,
@@ -42,6 +45,7 @@ impl RejectionKind {
         match self {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -59,7 +63,7 @@ impl RejectionKind {
             Self::Unauthenticated => GrpcCode::Unauthenticated,
             Self::Forbidden => GrpcCode::PermissionDenied,
             Self::NotFound | Self::MethodNotAllowed => GrpcCode::Unimplemented,
-            Self::TooManyRequests => GrpcCode::ResourceExhausted,
+            Self::TooManyRequests | Self::HeadersTooLarge => GrpcCode::ResourceExhausted,
             Self::BadGateway | Self::Unavailable => GrpcCode::Unavailable,
             Self::GatewayTimeout => GrpcCode::DeadlineExceeded,
         }

@@ -98,6 +98,16 @@ async fn handle(
     if path == "/slow" {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
+    if path == "/stall" {
+        // Headers and a first chunk, then nothing, forever.
+        let stream = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(
+                b"partial",
+            )))]),
+            futures_util::stream::pending(),
+        );
+        return Ok(Response::new(StreamBody::new(stream).boxed()));
+    }
     if path == "/fail" {
         return Ok(Response::builder().status(500).body(full("boom")).unwrap());
     }
@@ -795,4 +805,40 @@ async fn grpc_calls_and_streams_pass_through_with_trailers() {
         .unwrap()
         .unwrap();
     assert_eq!(first.status(), ServingStatus::Serving);
+}
+
+/// An upstream that sends its headers and then stalls does not hold the
+/// client forever: the body fails after the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_body_fails_after_the_idle_timeout() {
+    let a = start_upstream("a", Arc::default()).await;
+    let discovery = StaticDiscovery::new([a.endpoint("a")]);
+    let upstream = Upstream::new("stall", discovery.watch())
+        .body_idle_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let table = RouteTable::builder()
+        .route(Route::prefix("/"), upstream)
+        .build()
+        .unwrap();
+    let gw = start_gateway(table).await;
+    let response = client()
+        .request(
+            Request::get(format!("http://{gw}/stall"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    let body = tokio::time::timeout(Duration::from_secs(5), response.into_body().collect())
+        .await
+        .expect("the stalled body ended");
+    assert!(body.is_err(), "a stalled body completed normally");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
 }

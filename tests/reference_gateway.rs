@@ -30,11 +30,18 @@ struct Gateway {
 
 impl Gateway {
     async fn start(per_second: u32) -> Self {
+        Self::start_with(app::Config {
+            per_second,
+            ..app::Config::default()
+        })
+        .await
+    }
+
+    async fn start_with(config: app::Config) -> Self {
         let running = app::start(app::Config {
             gateway: "127.0.0.1:0".parse().unwrap(),
             auth: "127.0.0.1:0".parse().unwrap(),
-            per_second,
-            ..app::Config::default()
+            ..config
         })
         .await
         .expect("the reference gateway starts");
@@ -322,4 +329,26 @@ async fn the_reference_gateway_scrape_passes_promtool() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// With a per-IP limit, floods of anonymous or invalid-token requests are
+/// cut off before authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_ip_limit_caps_unauthenticated_floods() {
+    let gw = Gateway::start_with(app::Config {
+        per_ip_second: 3,
+        ..app::Config::default()
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(
+            gw.call(Method::GET, "/orders", Some("x.y.z"), None)
+                .await
+                .0
+                .as_u16(),
+        );
+    }
+    assert_eq!(&statuses[..3], [401, 401, 401], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
 }

@@ -21,7 +21,7 @@ use tower_gateway::{
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
     proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
-    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer},
+    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer},
     rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
     tls::{self, MtlsClientConfig},
 };
@@ -45,6 +45,11 @@ pub struct Config {
     /// `config.second` and `config.hour`); admins get ten times as many.
     pub per_second: u32,
     pub per_hour: u32,
+    /// Requests per second of one client IP before authentication (`0`:
+    /// off). Caps floods of anonymous or invalid-token requests, which the
+    /// per-consumer limit never sees because authentication refuses them
+    /// first.
+    pub per_ip_second: u32,
     /// The server's timeouts and size limits towards clients.
     pub server: serve::Limits,
 }
@@ -58,6 +63,7 @@ impl Default for Config {
             consul: false,
             per_second: 5,
             per_hour: 1000,
+            per_ip_second: 0,
             server: serve::Limits::default(),
         }
     }
@@ -254,12 +260,25 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
             .on_backend_error(FailurePolicy::Local);
     }
     let limits = limits.build()?;
+    // Always in the stack (one type); with `per_ip_second == 0` its limit is
+    // out of reach and its headers are hidden, so it is effectively off.
+    let per_ip = RateLimitLayer::builder()
+        .key(ClientIp::peer())
+        .scope("ip")
+        .limit(Limit::new().per_second(match config.per_ip_second {
+            0 => 1_000_000,
+            n => n,
+        }))
+        .headers(QuotaHeaders::default().hidden(config.per_ip_second == 0))
+        .observer(observer.clone())
+        .build()?;
 
     let gateway = ServiceBuilder::new()
         .layer(RouteLayer::new(&table))
         .layer(MetricsLayer::new(&metrics))
         // Unknown routes are 404 (405, 400) for everyone, as in Kong.
         .layer(RequireRouteLayer::new(&table))
+        .layer(per_ip)
         .layer(auth)
         .layer(rbac)
         .layer(limits)

@@ -21,7 +21,8 @@
 //!
 //! Environment: `GATEWAY_ADDR` (127.0.0.1:8080), `AUTH_ADDR`
 //! (127.0.0.1:9000), `RATE_PER_SECOND` (5) and `RATE_PER_HOUR` (1000) per
-//! consumer, `REDIS_URL` to share rate limits through Redis (feature
+//! consumer, `RATE_PER_IP_SECOND` (0, off) per client IP before
+//! authentication, `REDIS_URL` to share rate limits through Redis (feature
 //! `redis`), `CONSUL_HTTP_ADDR` to register and discover the services in
 //! Consul (feature `consul`), `RUST_LOG` for logs.
 
@@ -51,6 +52,7 @@ async fn main() -> Result<(), app::BoxError> {
         consul: std::env::var("CONSUL_HTTP_ADDR").is_ok(),
         per_second: env("RATE_PER_SECOND", defaults.per_second)?,
         per_hour: env("RATE_PER_HOUR", defaults.per_hour)?,
+        per_ip_second: env("RATE_PER_IP_SECOND", defaults.per_ip_second)?,
         server: defaults.server,
     };
     let running = app::start(config).await?;

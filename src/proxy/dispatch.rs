@@ -13,11 +13,10 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri, header, uri::PathAndQuery};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tower_service::Service;
 
 use super::{
-    ForwardedHeaders, ProxyBody, RouteMatch, RouteTable,
+    ForwardedHeaders, ProxyBody, RouteMatch, RouteTable, UpstreamBody,
     headers::{add_forwarding, is_upgrade, remove_hop_by_hop},
     retry::Replayable,
 };
@@ -117,7 +116,7 @@ impl Proxy {
 
 /// The response future of [`Proxy`].
 pub type ProxyFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<Incoming>>, Infallible>> + Send>>;
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<UpstreamBody>>, Infallible>> + Send>>;
 
 fn box_body<B>(body: B) -> ProxyBody
 where
@@ -139,7 +138,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
-    type Response = Response<ResponseBody<Incoming>>;
+    type Response = Response<ResponseBody<UpstreamBody>>;
     type Error = Infallible;
     type Future = ProxyFuture;
 
@@ -253,7 +252,7 @@ async fn forward(
     mut upstream: super::UpstreamService,
     request: Request<ProxyBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<ResponseBody<Incoming>>, Infallible> {
+) -> Result<Response<ResponseBody<UpstreamBody>>, Infallible> {
     std::future::poll_fn(|cx| upstream.poll_ready(cx)).await?;
     let mut response = upstream.call(request).await?;
     if let Some(client_upgrade) = client_upgrade

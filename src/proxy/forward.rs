@@ -1,12 +1,15 @@
 //! Sending a request to one endpoint.
 
 use std::{
-    task::{Context, Poll},
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Request, Response, Uri, uri::Scheme};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -14,6 +17,8 @@ use hyper_util::{
     client::legacy::{Client, ResponseFuture, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 /// The request body inside the proxy: the caller's body, boxed once so
@@ -75,12 +80,95 @@ pub(crate) struct Forward {
     pub(crate) client: Client<Connector, ProxyBody>,
     pub(crate) scheme: Scheme,
     pub(crate) authority: http::uri::Authority,
+    pub(crate) body_idle_timeout: Duration,
+}
+
+pin_project! {
+    /// A response body from an upstream that fails when no frame arrives
+    /// for the upstream's body idle timeout — an upstream that sends its
+    /// headers and then stalls must not hold the client forever. Frames are
+    /// streamed as they come; nothing is buffered.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        idle: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl std::fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The upstream stopped sending its response body.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream response body stalled for {0:?}")]
+pub struct BodyIdleTimeout(pub Duration);
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.idle.as_mut().reset(Instant::now() + *this.timeout);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                ready!(this.idle.poll(cx));
+                Poll::Ready(Some(Err(BodyIdleTimeout(*this.timeout).into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// The future of [`Forward`]: the client's response, its body wrapped
+    /// in an [`UpstreamBody`].
+    pub(crate) struct ForwardFuture {
+        #[pin]
+        inner: ResponseFuture,
+        timeout: Duration,
+    }
+}
+
+impl Future for ForwardFuture {
+    type Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let timeout = *this.timeout;
+        let response = ready!(this.inner.poll(cx))?;
+        Poll::Ready(Ok(response.map(|inner| UpstreamBody {
+            inner,
+            idle: tokio::time::sleep(timeout),
+            timeout,
+        })))
+    }
 }
 
 impl Service<Request<ProxyBody>> for Forward {
-    type Response = Response<Incoming>;
+    type Response = Response<UpstreamBody>;
     type Error = hyper_util::client::legacy::Error;
-    type Future = ResponseFuture;
+    type Future = ForwardFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // The pool opens connections on demand; readiness is the balancer's
@@ -101,6 +189,9 @@ impl Service<Request<ProxyBody>> for Forward {
         // hyper-util picks the protocol from the pool; the version the client
         // used towards the gateway says nothing about the upstream hop.
         *request.version_mut() = http::Version::HTTP_11;
-        self.client.request(request)
+        ForwardFuture {
+            inner: self.client.request(request),
+            timeout: self.body_idle_timeout,
+        }
     }
 }

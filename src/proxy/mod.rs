@@ -53,7 +53,7 @@ mod upstream;
 
 pub(crate) use dispatch::empty_body;
 pub use dispatch::{DEFAULT_MAX_REQUEST_HEADER_BYTES, Proxy, ProxyFuture};
-pub use forward::{Connector, ProxyBody, UpstreamProtocol};
+pub use forward::{BodyIdleTimeout, Connector, ProxyBody, UpstreamBody, UpstreamProtocol};
 pub use headers::ForwardedHeaders;
 pub use retry::RetryConfig;
 pub use route::{

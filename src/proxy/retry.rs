@@ -3,13 +3,12 @@
 use std::{sync::Arc, time::Duration};
 
 use http::{Method, Request, Response};
-use hyper::body::Incoming;
 use tower::retry::{
     Policy,
     budget::{Budget, TpsBudget},
 };
 
-use super::ProxyBody;
+use super::{ProxyBody, UpstreamBody};
 use crate::reject::ResponseBody;
 
 /// When and how often the proxy retries.
@@ -114,9 +113,11 @@ pub(crate) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-type Outcome = Result<Response<ResponseBody<Incoming>>, tower::BoxError>;
+type Outcome = Result<Response<ResponseBody<UpstreamBody>>, tower::BoxError>;
 
-impl Policy<Request<ProxyBody>, Response<ResponseBody<Incoming>>, tower::BoxError> for RetryPolicy {
+impl Policy<Request<ProxyBody>, Response<ResponseBody<UpstreamBody>>, tower::BoxError>
+    for RetryPolicy
+{
     type Future = std::future::Ready<()>;
 
     fn retry(

@@ -11,7 +11,6 @@ use std::{
 };
 
 use http::{HeaderMap, Method, Request, Response, Uri, header, uri::Scheme};
-use hyper::body::Incoming;
 use tower::{
     BoxError, Layer,
     balance::p2c::Balance,
@@ -24,7 +23,7 @@ use tower::{
 use tower_service::Service;
 
 use super::{
-    Connector, ProxyBody, RetryConfig, UpstreamProtocol,
+    Connector, ProxyBody, RetryConfig, UpstreamBody, UpstreamProtocol,
     balance::{EndpointServices, PinnedChoice},
     forward::{self, Forward},
     retry::{RetryPolicy, never_sent},
@@ -79,6 +78,7 @@ pub struct Upstream {
     max_ejected_fraction: f64,
     queue: usize,
     default_rtt: Duration,
+    body_idle_timeout: Duration,
     observer: Observer,
     renderer: Renderer,
 }
@@ -108,6 +108,7 @@ impl Upstream {
             max_ejected_fraction: 0.5,
             queue: 1024,
             default_rtt: Duration::from_millis(30),
+            body_idle_timeout: Duration::from_secs(60),
             observer: Observer::default(),
             renderer: Renderer::default(),
         }
@@ -138,6 +139,16 @@ impl Upstream {
     /// then the client gets 504 (gRPC `DEADLINE_EXCEEDED`).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// How long the response body may stall between two frames (default
+    /// 60 s); then the response ends with an error and the client's
+    /// connection is reset, instead of hanging on an upstream that sent its
+    /// headers and stopped. Set it above the longest pause of a stream you
+    /// serve (server-sent events, gRPC streams).
+    pub fn body_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.body_idle_timeout = timeout;
         self
     }
 
@@ -203,6 +214,7 @@ impl Upstream {
         .observer(self.observer.clone())
         .renderer(self.renderer.clone());
         let name = self.name.clone();
+        let body_idle_timeout = self.body_idle_timeout;
         let make = move |endpoint: &Endpoint| {
             let authority = endpoint.authority().parse().ok();
             if authority.is_none() {
@@ -213,6 +225,7 @@ impl Upstream {
                     client: client.clone(),
                     scheme: scheme.clone(),
                     authority,
+                    body_idle_timeout,
                 })
             })
         };
@@ -249,7 +262,8 @@ impl Upstream {
     }
 }
 
-type Inner = BoxCloneSyncService<Request<ProxyBody>, Response<ResponseBody<Incoming>>, BoxError>;
+type Inner =
+    BoxCloneSyncService<Request<ProxyBody>, Response<ResponseBody<UpstreamBody>>, BoxError>;
 
 /// A balanced, retried, time-limited upstream; failures become 502, 503 or
 /// 504 responses (gRPC `UNAVAILABLE` / `DEADLINE_EXCEEDED`) that say nothing
@@ -310,7 +324,7 @@ impl Head {
         &self,
         renderer: &Renderer,
         rejection: &Rejection,
-    ) -> Response<ResponseBody<Incoming>> {
+    ) -> Response<ResponseBody<UpstreamBody>> {
         renderer.respond(
             rejection,
             &RequestHead::new(&self.method, &self.uri, &self.headers),
@@ -340,7 +354,7 @@ fn failure_rejection(error: &BoxError) -> Rejection {
 }
 
 impl Service<Request<ProxyBody>> for UpstreamService {
-    type Response = Response<ResponseBody<Incoming>>;
+    type Response = Response<ResponseBody<UpstreamBody>>;
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 

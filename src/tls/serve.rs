@@ -267,7 +267,17 @@ async fn connection<S, B>(
         },
     );
     let service = TowerToHyperService::new(service);
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Without a timer hyper never times out a slow request head: a client
+    // could hold the connection (and its task) forever, slowloris-style.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), service));
     let result = tokio::select! {
         result = conn.as_mut() => result,

@@ -22,7 +22,7 @@ use tower_gateway::{
     metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
     proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
     ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer},
-    rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
+    rbac::{Policy, RbacLayer, RoleHierarchy},
     tls::{self, MtlsClientConfig},
 };
 
@@ -76,47 +76,14 @@ pub struct Running {
     pub services: Vec<(&'static str, SocketAddr)>,
 }
 
-/// The gateway's own policy: the union of the services' policies, checked
+/// The gateway's own policy: the union of the services' rules, checked
 /// before any request leaves the gateway.
 fn gateway_policy() -> Result<Policy, BoxError> {
-    Ok(Policy::builder()
-        .rule(
-            Rule::exact("/orders")
-                .methods([Method::GET])
-                .any_of(["admin"]),
-        )
-        .rule(
-            Rule::exact("/orders")
-                .methods([Method::POST])
-                .any_of(["user"]),
-        )
-        .rule(
-            Rule::exact("/orders/{id}")
-                .methods([Method::GET])
-                .any_of(["user"]),
-        )
-        .rule(
-            Rule::exact("/payments")
-                .methods([Method::POST])
-                .any_of(["user"]),
-        )
-        .rule(
-            Rule::exact("/payments")
-                .methods([Method::GET])
-                .any_of(["admin"]),
-        )
-        .rule(
-            Rule::new("/inventory")
-                .methods([Method::GET])
-                .authenticated(),
-        )
-        .rule(
-            Rule::exact("/inventory/{sku}")
-                .methods([Method::PUT])
-                .any_of(["admin"]),
-        )
-        .deny_unmatched(true)
-        .build()?)
+    Kind::policy(
+        [Kind::Orders, Kind::Payments, Kind::Inventory]
+            .into_iter()
+            .flat_map(Kind::rules),
+    )
 }
 
 /// Where the gateway finds each service's instances.

@@ -43,55 +43,34 @@ impl Kind {
         }
     }
 
-    /// The service's own policy. The seed's Express example rejects admins
-    /// on `POST /orders`; here `admin` implies `user`.
-    fn policy(self) -> Result<Policy, BoxError> {
-        let builder = Policy::builder().deny_unmatched(true);
-        let builder = match self {
-            Self::Orders => builder
-                .rule(
-                    Rule::exact("/orders")
-                        .methods([Method::GET])
-                        .any_of(["admin"]),
-                )
-                .rule(
-                    Rule::exact("/orders")
-                        .methods([Method::POST])
-                        .any_of(["user"]),
-                )
-                .rule(
-                    Rule::exact("/orders/{id}")
-                        .methods([Method::GET])
-                        .any_of(["user"]),
-                ),
-            Self::Payments => builder
-                .rule(
-                    Rule::exact("/payments")
-                        .methods([Method::POST])
-                        .any_of(["user"]),
-                )
-                .rule(
-                    Rule::exact("/payments")
-                        .methods([Method::GET])
-                        .any_of(["admin"]),
-                ),
-            Self::Inventory => builder
-                .rule(
-                    Rule::exact("/inventory")
-                        .methods([Method::GET])
-                        .authenticated(),
-                )
-                .rule(
-                    Rule::exact("/inventory/{sku}")
-                        .methods([Method::GET])
-                        .authenticated(),
-                )
-                .rule(
-                    Rule::exact("/inventory/{sku}")
-                        .methods([Method::PUT])
-                        .any_of(["admin"]),
-                ),
-        };
+    /// The service's rules. The seed's Express example rejects admins on
+    /// `POST /orders`; with the role hierarchy (`admin` implies `user`) they
+    /// pass. The gateway enforces the union of every service's rules.
+    pub fn rules(self) -> Vec<Rule> {
+        let rule = |path: &str, method: Method| Rule::exact(path).methods([method]);
+        match self {
+            Self::Orders => vec![
+                rule("/orders", Method::GET).any_of(["admin"]),
+                rule("/orders", Method::POST).any_of(["user"]),
+                rule("/orders/{id}", Method::GET).any_of(["user"]),
+            ],
+            Self::Payments => vec![
+                rule("/payments", Method::POST).any_of(["user"]),
+                rule("/payments", Method::GET).any_of(["admin"]),
+            ],
+            Self::Inventory => vec![
+                rule("/inventory", Method::GET).authenticated(),
+                rule("/inventory/{sku}", Method::GET).authenticated(),
+                rule("/inventory/{sku}", Method::PUT).any_of(["admin"]),
+            ],
+        }
+    }
+
+    /// A deny-by-default policy of `rules`.
+    pub fn policy(rules: impl IntoIterator<Item = Rule>) -> Result<Policy, BoxError> {
+        let builder = rules
+            .into_iter()
+            .fold(Policy::builder().deny_unmatched(true), |b, r| b.rule(r));
         Ok(builder.build()?)
     }
 }
@@ -260,8 +239,8 @@ pub async fn start(kind: Kind, pki: &DevPki, issuer: &str) -> Result<SocketAddr,
     let auth = JwtAuthLayer::builder()
         .issuer(Issuer::new(issuer).audience(AUDIENCE).oidc_discovery())
         .build()?;
-    let rbac =
-        RbacLayer::new(kind.policy()?).hierarchy(RoleHierarchy::new().inherit("admin", ["user"]));
+    let rbac = RbacLayer::new(Kind::policy(kind.rules())?)
+        .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]));
     let app = ServiceBuilder::new()
         .layer(auth)
         .layer(rbac)

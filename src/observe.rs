@@ -58,7 +58,8 @@ pub trait Observe: Send + Sync + 'static {
     }
 
     /// A rate-limit decision for `route`; `outcome` is `allowed`, `limited`,
-    /// `backend_error` or `fallback`.
+    /// `backend_error`, `fallback`, or `missing_key` (the request carried
+    /// nothing to key it by).
     fn ratelimit_decision(&self, route: &str, outcome: &'static str) {
         let _ = (route, outcome);
     }

@@ -509,6 +509,23 @@ async fn ratelimit_decisions_are_reported_per_route() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn ratelimit_requests_without_a_key_are_reported() {
+    let events = Events::default();
+    let svc = gateway(
+        RateLimitLayer::builder()
+            .key(api_key())
+            .limit(Limit::new().per_minute(2))
+            .observer(Observer::new(events.clone()))
+            .build()
+            .unwrap(),
+    );
+    let response = send(&svc, Request::new(String::new())).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let events = events.0.lock().unwrap();
+    assert_eq!(events[&("unmatched".to_owned(), "missing_key")], 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn ratelimit_readiness_is_the_inner_services() {
     let layer = RateLimitLayer::builder()
         .key(api_key())

@@ -318,7 +318,7 @@ pub(crate) struct Shared {
     scope: String,
     pub(crate) missing: MissingKey,
     renderer: Renderer,
-    observer: Observer,
+    pub(crate) observer: Observer,
     pub(crate) backend: Backend,
     fallback: Option<LocalLimiter>,
     failure: FailurePolicy,

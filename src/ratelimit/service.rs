@@ -79,6 +79,9 @@ where
         let mut key = KeyBuilder::from_prefix(&shared.tier(tier).tag);
         if let Err(error) = shared.key.extract(&RequestInfo::of(&request), &mut key) {
             tracing::debug!(target: "tower_gateway::ratelimit", %error, "no rate-limit key");
+            shared
+                .observer
+                .ratelimit_decision(super::future::route_label(&request), "missing_key");
             return match shared.missing {
                 MissingKey::Allow => ResponseFuture::call(self.inner.call(request), Vec::new()),
                 MissingKey::Reject => {

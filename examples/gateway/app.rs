@@ -52,6 +52,10 @@ pub struct Config {
     pub per_ip_second: u32,
     /// The server's timeouts and size limits towards clients.
     pub server: serve::Limits,
+    /// Serve each service's own metrics on this port and the next two
+    /// (orders, payments, inventory), as `examples/observability` expects;
+    /// `None`: not served.
+    pub service_metrics_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -65,6 +69,7 @@ impl Default for Config {
             per_hour: 1000,
             per_ip_second: 0,
             server: serve::Limits::default(),
+            service_metrics_port: None,
         }
     }
 }
@@ -157,8 +162,14 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
     let mut table = RouteTable::builder();
     let mut services = Vec::new();
-    for kind in [Kind::Orders, Kind::Payments, Kind::Inventory] {
-        let addr = services::start(kind, &pki, &issuer).await?;
+    for (offset, kind) in [Kind::Orders, Kind::Payments, Kind::Inventory]
+        .into_iter()
+        .enumerate()
+    {
+        let metrics_addr = config
+            .service_metrics_port
+            .map(|port| SocketAddr::from(([127, 0, 0, 1], port.saturating_add(offset as u16))));
+        let addr = services::start(kind, &pki, &issuer, metrics_addr).await?;
         services.push((kind.name(), addr));
         let upstream = Upstream::new(
             kind.name(),

@@ -22,7 +22,8 @@
 //! Environment: `GATEWAY_ADDR` (127.0.0.1:8080), `AUTH_ADDR`
 //! (127.0.0.1:9000), `RATE_PER_SECOND` (5) and `RATE_PER_HOUR` (1000) per
 //! consumer, `RATE_PER_IP_SECOND` (0, off) per client IP before
-//! authentication, `REDIS_URL` to share rate limits through Redis (feature
+//! authentication, `SERVICE_METRICS_PORT` (8081: the services' own metrics on
+//! 8081-8083; 0, off), `REDIS_URL` to share rate limits through Redis (feature
 //! `redis`), `CONSUL_HTTP_ADDR` to register and discover the services in
 //! Consul (feature `consul`), `RUST_LOG` for logs.
 
@@ -53,8 +54,15 @@ async fn main() -> Result<(), app::BoxError> {
         per_second: env("RATE_PER_SECOND", defaults.per_second)?,
         per_hour: env("RATE_PER_HOUR", defaults.per_hour)?,
         per_ip_second: env("RATE_PER_IP_SECOND", defaults.per_ip_second)?,
+        // The services' own metrics on 8081-8083, where
+        // examples/observability/prometheus.yml looks (0: off).
+        service_metrics_port: match env("SERVICE_METRICS_PORT", 8081u16)? {
+            0 => None,
+            port => Some(port),
+        },
         server: defaults.server,
     };
+    let config_metrics_port = config.service_metrics_port;
     let running = app::start(config).await?;
     println!("gateway      http://{}", running.gateway);
     println!(
@@ -65,6 +73,12 @@ async fn main() -> Result<(), app::BoxError> {
         println!("{name:<12} https://{addr}  (mTLS)");
     }
     println!("metrics      http://{}/metrics", running.gateway);
+    if let Some(port) = config_metrics_port {
+        println!(
+            "service metrics on http://127.0.0.1:{port}-{}/metrics",
+            port + 2
+        );
+    }
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

@@ -20,7 +20,9 @@ use tower::ServiceBuilder;
 use tower_gateway::{
     Identity,
     auth::{Issuer, JwtAuthLayer},
+    metrics::{GatewayMetrics, MetricsConfig, MetricsHandler, MetricsLayer},
     rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
+    route::RouteTemplate,
     tls::{self, MtlsAcceptor},
 };
 
@@ -234,17 +236,36 @@ fn routes(kind: Kind) -> Router {
     }
 }
 
-/// Starts one service on a free loopback port, over mutual TLS.
-pub async fn start(kind: Kind, pki: &DevPki, issuer: &str) -> Result<SocketAddr, BoxError> {
+/// Starts one service on a free loopback port, over mutual TLS. With
+/// `metrics`, the service's own Prometheus metrics (prefix `service`) are
+/// served in plain HTTP on that address, for `examples/observability`.
+pub async fn start(
+    kind: Kind,
+    pki: &DevPki,
+    issuer: &str,
+    metrics: Option<SocketAddr>,
+) -> Result<SocketAddr, BoxError> {
     let auth = JwtAuthLayer::builder()
         .issuer(Issuer::new(issuer).audience(AUDIENCE).oidc_discovery())
         .build()?;
     let rbac = RbacLayer::new(Kind::policy(kind.rules())?)
         .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]));
+    let registry = GatewayMetrics::new(MetricsConfig::default().prefix("service"));
+    let name = kind.name();
     let app = ServiceBuilder::new()
+        .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(RouteTemplate::new(name));
+            request
+        })
+        .layer(MetricsLayer::new(&registry))
         .layer(auth)
         .layer(rbac)
         .service(routes(kind));
+    if let Some(addr) = metrics {
+        let listener = TcpListener::bind(addr).await?;
+        let exporter = Router::new().route_service("/metrics", MetricsHandler::new(&registry));
+        tokio::spawn(async move { axum::serve(listener, exporter).await });
+    }
     let acceptor = MtlsAcceptor::from_pem(
         pki.service.chain.as_bytes(),
         pki.service.key.as_bytes(),

@@ -216,8 +216,9 @@ impl Record {
 
     fn head(&mut self, headers: &HeaderMap, extensions: &http::Extensions, status: u16) {
         self.status = status;
-        if self.consumer.is_none()
-            && let Some(cap) = &self.metrics.inner.consumers
+        // An identity an inner layer established (a token's subject) is more
+        // specific than one the connection carried in (an mTLS peer).
+        if let Some(cap) = &self.metrics.inner.consumers
             && let Some(subject) = extensions.get::<Identity>().and_then(Identity::subject)
         {
             self.consumer = Some(cap.get(subject));

@@ -842,3 +842,34 @@ async fn a_stalled_upstream_body_fails_after_the_idle_timeout() {
         started.elapsed()
     );
 }
+
+/// A route's own timeout is tighter than its upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_timeout_overrides_the_upstream_timeout() {
+    let a = start_upstream("a", Arc::default()).await;
+    let discovery = StaticDiscovery::new([a.endpoint("a")]);
+    let upstream = Upstream::new("svc", discovery.watch())
+        .request_timeout(Duration::from_secs(30))
+        .retries(RetryConfig::none())
+        .build()
+        .unwrap();
+    let table = RouteTable::builder()
+        .route(
+            Route::prefix("/slow").timeout(Duration::from_millis(200)),
+            upstream.clone(),
+        )
+        .route(Route::prefix("/x"), upstream)
+        .build()
+        .unwrap();
+    let gw = start_gateway(table).await;
+    let started = std::time::Instant::now();
+    let (s, h, _) = get(gw, "/slow").await;
+    assert_eq!(s, 504);
+    assert_eq!(h["content-type"], "application/problem+json");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(get(gw, "/x").await.0, 200);
+}

@@ -253,10 +253,12 @@ pub async fn start(
     let registry = GatewayMetrics::new(MetricsConfig::default().prefix("service"));
     let name = kind.name();
     let app = ServiceBuilder::new()
-        .map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(RouteTemplate::new(name));
-            request
-        })
+        .map_request(
+            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(RouteTemplate::new(name));
+                request
+            },
+        )
         .layer(MetricsLayer::new(&registry))
         .layer(auth)
         .layer(rbac)

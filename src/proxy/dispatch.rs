@@ -242,7 +242,28 @@ where
         }
         let request: Request<ProxyBody> = request.map(box_body);
 
-        Box::pin(forward(upstream, request, client_upgrade))
+        match route.request_timeout() {
+            None => Box::pin(forward(upstream, request, client_upgrade)),
+            Some(limit) => {
+                let renderer = self.renderer.clone();
+                let head = super::upstream::Head::of(&request);
+                Box::pin(async move {
+                    match tokio::time::timeout(limit, forward(upstream, request, client_upgrade))
+                        .await
+                    {
+                        Ok(result) => result,
+                        Err(_) => {
+                            let rejection = Rejection::new(
+                                RejectionKind::GatewayTimeout,
+                                "upstream_timeout",
+                                "the upstream did not answer in time",
+                            );
+                            Ok(head.respond(&renderer, &rejection))
+                        }
+                    }
+                })
+            }
+        }
     }
 }
 

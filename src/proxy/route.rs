@@ -33,6 +33,7 @@ pub struct Route {
     methods: Vec<Method>,
     strip_prefix: bool,
     name: Option<String>,
+    timeout: Option<std::time::Duration>,
 }
 
 impl Route {
@@ -45,6 +46,7 @@ impl Route {
             methods: Vec::new(),
             strip_prefix: false,
             name: None,
+            timeout: None,
         }
     }
 
@@ -67,6 +69,16 @@ impl Route {
     /// upstream as `/7`.
     pub fn strip_prefix(mut self) -> Self {
         self.strip_prefix = true;
+        self
+    }
+
+    /// A request timeout for this route, tighter than its upstream's
+    /// (`Upstream::request_timeout` still applies): when the response head
+    /// has not arrived in time the client gets 504 (gRPC
+    /// `DEADLINE_EXCEEDED`). Connect timeouts belong to the upstream's
+    /// connection pool.
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -280,6 +292,10 @@ impl RouteTable {
 impl Route {
     pub(crate) fn prefix_str(&self) -> &str {
         &self.prefix
+    }
+
+    pub(crate) fn request_timeout(&self) -> Option<std::time::Duration> {
+        self.timeout
     }
 
     pub(crate) fn strips_prefix(&self) -> bool {

@@ -300,14 +300,14 @@ impl UpstreamService {
 
 /// What the error response needs of the request, kept after the request is
 /// sent.
-struct Head {
+pub(crate) struct Head {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 }
 
 impl Head {
-    fn of(request: &Request<ProxyBody>) -> Self {
+    pub(crate) fn of<B>(request: &Request<B>) -> Self {
         // Only the content type decides the rendering (HTTP or gRPC).
         let mut headers = HeaderMap::new();
         if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
@@ -320,7 +320,7 @@ impl Head {
         }
     }
 
-    fn respond(
+    pub(crate) fn respond(
         &self,
         renderer: &Renderer,
         rejection: &Rejection,

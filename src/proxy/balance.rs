@@ -2,7 +2,6 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll, ready},
 };
 
@@ -11,34 +10,27 @@ use pin_project_lite::pin_project;
 use tower::discover::Change;
 use tower_service::Service;
 
-use crate::{discovery::Endpoint, observe::Observer};
+use crate::discovery::Endpoint;
 
 pin_project! {
     /// Turns the [`Change`]s of endpoints into changes of endpoint services,
-    /// building each service once, when its endpoint appears, and reporting
-    /// the number of endpoints. An endpoint `make` cannot build a service
-    /// for (an address that is no valid authority) is skipped.
+    /// building each service once, when its endpoint appears. An endpoint
+    /// `make` cannot build a service for (an address that is no valid
+    /// authority) is skipped.
     pub(crate) struct EndpointServices<D, F> {
         #[pin]
         changes: D,
         make: F,
-        count: usize,
         skipped: std::collections::HashSet<String>,
-        name: Arc<str>,
-        observer: Observer,
     }
 }
 
 impl<D, F> EndpointServices<D, F> {
-    pub(crate) fn new(changes: D, make: F, name: Arc<str>, observer: Observer) -> Self {
-        observer.endpoints(&name, 0);
+    pub(crate) fn new(changes: D, make: F) -> Self {
         Self {
             changes,
             make,
-            count: 0,
             skipped: std::collections::HashSet::new(),
-            name,
-            observer,
         }
     }
 }
@@ -55,10 +47,7 @@ where
         loop {
             let change = match ready!(this.changes.as_mut().poll_next(cx)) {
                 Some(Ok(Change::Insert(id, endpoint))) => match (this.make)(&endpoint) {
-                    Some(service) => {
-                        *this.count += 1;
-                        Change::Insert(id, service)
-                    }
+                    Some(service) => Change::Insert(id, service),
                     None => {
                         this.skipped.insert(id);
                         continue;
@@ -68,13 +57,11 @@ where
                     if this.skipped.remove(&id) {
                         continue;
                     }
-                    *this.count = this.count.saturating_sub(1);
                     Change::Remove(id)
                 }
                 Some(Err(error)) => return Poll::Ready(Some(Err(error))),
                 None => return Poll::Ready(None),
             };
-            this.observer.endpoints(this.name, *this.count);
             return Poll::Ready(Some(Ok(change)));
         }
     }
@@ -130,7 +117,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{convert::Infallible, future::Ready, sync::Mutex, task::Waker};
+    use std::{
+        convert::Infallible,
+        future::Ready,
+        sync::{Arc, Mutex},
+        task::Waker,
+    };
 
     use tower::{balance::p2c::Balance, load::Constant};
 

@@ -229,12 +229,20 @@ impl Upstream {
                 })
             })
         };
-        let endpoints = EndpointServices::new(
-            self.watch.changes(),
-            make,
-            self.name.clone(),
-            self.observer.clone(),
-        );
+        let endpoints = EndpointServices::new(self.watch.changes(), make);
+        // Report the endpoint count as discovery changes, requests or not;
+        // the task ends when the discovery source does.
+        let mut updates = self.watch.subscribe();
+        let (observer, name) = (self.observer.clone(), self.name.clone());
+        runtime.spawn(async move {
+            loop {
+                let count = updates.borrow_and_update().endpoints.len();
+                observer.endpoints(&name, count);
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         // Peak-EWMA (linkerd's default): an endpoint's cost is its latency,
         // decaying over 10 s, times its in-flight requests; a new endpoint
         // starts at `default_rtt`.

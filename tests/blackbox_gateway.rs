@@ -16,6 +16,8 @@
 #[allow(dead_code)]
 mod app;
 
+mod support_proxy;
+
 use std::{
     convert::Infallible,
     future::Future,
@@ -41,11 +43,9 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tower::ServiceBuilder;
 use tower_gateway::{
-    connection::ClientAddr,
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{Proxy, RetryConfig, Route, RouteLayer, RouteTable, Upstream, UpstreamProtocol},
+    proxy::{RetryConfig, Route, RouteTable, Upstream, UpstreamProtocol},
 };
 
 // ---------------------------------------------------------------------------
@@ -216,35 +216,6 @@ fn full(data: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-/// Serves `table` through `RouteLayer` and `Proxy` on loopback.
-async fn start_proxy(table: Arc<RouteTable>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                return;
-            };
-            let svc = ServiceBuilder::new()
-                .map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    req
-                })
-                .layer(RouteLayer::new(&table))
-                .service(Proxy::new(&table));
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        hyper_util::service::TowerToHyperService::new(svc),
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// An HTTP/1.1 and HTTP/2 upstream (hyper's defaults) that answers with the
 /// request's headers as JSON, after `delay`.
 async fn echo_upstream(delay: Duration) -> SocketAddr {
@@ -366,7 +337,7 @@ async fn oversized_headers_never_reach_an_http2_upstream_and_break_its_connectio
         )
         .build()
         .unwrap();
-    let gw = start_proxy(table).await;
+    let gw = support_proxy::serve(table).await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..40 {
         tasks.spawn(async move {
@@ -394,7 +365,7 @@ async fn spoofed_forwarding_headers_do_not_reach_the_upstream_unchecked() {
         .route(Route::prefix("/"), upstream("echo", echo).build().unwrap())
         .build()
         .unwrap();
-    let gw = start_proxy(table).await;
+    let gw = support_proxy::serve(table).await;
     let request = Request::get(format!("http://{gw}/x"))
         .header("host", "shop.example")
         .header("forwarded", "for=6.6.6.6;proto=https")
@@ -431,7 +402,7 @@ async fn duplicate_host_headers_are_refused_and_absolute_form_wins_over_host() {
         )
         .build()
         .unwrap();
-    let gw = start_proxy(table).await;
+    let gw = support_proxy::serve(table).await;
     let text = raw(
         gw,
         b"GET /x HTTP/1.1\r\nHost: shop.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
@@ -519,7 +490,7 @@ async fn misbehaving_upstreams_are_502_and_504_in_bounded_time() {
         )
         .build()
         .unwrap();
-    let gw = start_proxy(table).await;
+    let gw = support_proxy::serve(table).await;
     for (path, expected) in [
         ("/garbage", 502),
         ("/reset", 502),
@@ -567,7 +538,7 @@ async fn a_slow_upstream_body_is_streamed() {
         )
         .build()
         .unwrap();
-    let gw = start_proxy(table).await;
+    let gw = support_proxy::serve(table).await;
     let started = Instant::now();
     let response = client()
         .request(
@@ -594,7 +565,7 @@ async fn two_hundred_requests_in_flight_all_succeed() {
         .route(Route::prefix("/"), upstream("echo", echo).build().unwrap())
         .build()
         .unwrap();
-    let gw = start_proxy(table).await;
+    let gw = support_proxy::serve(table).await;
     let served = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..200 {

@@ -3,6 +3,8 @@
 //! streaming, balancing through discovery changes and failures, timeouts,
 //! retries, WebSocket upgrades.
 
+mod support_proxy;
+
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -24,12 +26,10 @@ use hyper_util::{
     server::conn::auto,
 };
 use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, task::JoinSet};
-use tower::ServiceBuilder;
 use tower_gateway::{
     circuit::CircuitConfig,
-    connection::ClientAddr,
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{Proxy, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
+    proxy::{RetryConfig, Route, RouteTable, Upstream},
 };
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -219,35 +219,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Serves the proxy (behind a `RouteLayer`) on loopback.
-async fn start_gateway(table: Arc<RouteTable>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                return;
-            };
-            let svc = ServiceBuilder::new()
-                .map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    req
-                })
-                .layer(RouteLayer::new(&table))
-                .service(Proxy::new(&table));
-            tokio::spawn(async move {
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(stream),
-                        hyper_util::service::TowerToHyperService::new(svc),
-                    )
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
@@ -295,7 +266,7 @@ async fn forwards_with_hop_by_hop_removed_and_forwarding_headers_set() {
         .route(Route::prefix("/orders"), upstream_of("orders", &discovery))
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
     let req = Request::get(format!("http://{gw}/orders/7?x=1"))
         .header("host", "shop.example")
         .header("connection", "keep-alive, x-hop")
@@ -347,7 +318,7 @@ async fn routes_by_prefix_with_404_405_and_prefix_stripping() {
         )
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
     let (s, _, body) = get(gw, "/orders/1").await;
     assert_eq!(
         (s, json(&body)["name"].as_str()),
@@ -398,7 +369,7 @@ async fn ten_mib_streams_both_ways_without_buffering() {
         .route(Route::prefix("/"), upstream_of("big", &discovery))
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
 
     // Upload: the second half is sent only once the upstream has the first.
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
@@ -466,11 +437,7 @@ async fn traffic_follows_discovery_changes_with_no_failed_requests() {
         .default_rtt(Duration::from_micros(100))
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
-        .build()
-        .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve_one(upstream).await;
     // Phase 1: only a.
     for i in 0..50 {
         let (s, _, body) = get(gw, "/x").await;
@@ -531,11 +498,7 @@ async fn a_killed_upstream_is_routed_around_and_unsafe_requests_are_not_retried(
         .circuit(CircuitConfig::default().consecutive_failures(Some(2)), 0.5)
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
-        .build()
-        .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve_one(upstream).await;
     for _ in 0..10 {
         assert_eq!(get(gw, "/x").await.0, 200);
     }
@@ -589,11 +552,7 @@ async fn a_post_that_reached_the_upstream_is_not_retried() {
         .retries(RetryConfig::default().attempts(3))
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
-        .build()
-        .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve_one(upstream).await;
     let (s, _, body) = send(
         Request::post(format!("http://{gw}/pay"))
             .body(full(""))
@@ -634,7 +593,7 @@ async fn timeouts_and_failures_are_502_503_504_without_internal_detail() {
         .route(Route::prefix("/empty"), upstream_of("empty", &empty))
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
     let (s, h, body) = get(gw, "/slow").await;
     assert_eq!(s, 504);
     assert_eq!(h["content-type"], "application/problem+json");
@@ -671,7 +630,7 @@ async fn websocket_upgrades_pass_through() {
         .route(Route::prefix("/"), upstream_of("ws", &discovery))
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
     let stream = tokio::net::TcpStream::connect(gw).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream))
         .await
@@ -714,11 +673,7 @@ async fn a_failing_endpoint_is_ejected_while_the_others_serve() {
         )
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
-        .build()
-        .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve_one(upstream).await;
     // The bad endpoint goes down; its breaker counts the connection errors
     // and ejects it, so only the first few requests fail (no retries here).
     bad.kill();
@@ -769,7 +724,7 @@ async fn grpc_calls_and_streams_pass_through_with_trailers() {
         .route(Route::prefix("/grpc.health.v1.Health"), upstream)
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
     let channel = GrpcEndpoint::from_shared(format!("http://{gw}"))
         .unwrap()
         .connect()
@@ -817,11 +772,7 @@ async fn a_stalled_upstream_body_fails_after_the_idle_timeout() {
         .body_idle_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
-        .build()
-        .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve_one(upstream).await;
     let response = client()
         .request(
             Request::get(format!("http://{gw}/stall"))
@@ -861,7 +812,7 @@ async fn a_route_timeout_overrides_the_upstream_timeout() {
         .route(Route::prefix("/x"), upstream)
         .build()
         .unwrap();
-    let gw = start_gateway(table).await;
+    let gw = support_proxy::serve(table).await;
     let started = std::time::Instant::now();
     let (s, h, _) = get(gw, "/slow").await;
     assert_eq!(s, 504);

@@ -19,3 +19,14 @@ use std::net::SocketAddr;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub SocketAddr);
+
+/// The error a request body yields when the client stopped sending it: no
+/// frame arrived within the server's progress timeout.
+///
+/// The server's request body produces it; the proxy recognises it anywhere
+/// in an error's source chain and answers 408, never 504, and never counts
+/// it against the upstream's circuit breaker or retry budget — the client
+/// stalled, not the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the client sent no request body data for {0:?}")]
+pub struct RequestBodyTimeout(pub std::time::Duration);

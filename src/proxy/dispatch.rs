@@ -17,10 +17,11 @@ use tower_service::Service;
 
 use super::{
     ForwardedHeaders, ProxyBody, RouteMatch, RouteTable, UpstreamBody,
-    headers::{add_forwarding, is_upgrade, remove_hop_by_hop},
+    headers::add_forwarding,
     retry::Replayable,
 };
 use crate::connection::ClientAddr;
+use crate::hop_by_hop::{is_upgrade, remove_hop_by_hop};
 use crate::reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody};
 
 /// Forwards requests to the upstream of their route (see the [module

@@ -2,67 +2,7 @@
 
 use std::net::SocketAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus `Proxy-Connection`, which some clients still send.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Whether the request asks to switch protocols (WebSocket and the like):
-/// `Connection: upgrade` with an `Upgrade` header.
-pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
-}
-
-/// Removes hop-by-hop headers, including every header named in
-/// `Connection`. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
-/// are kept so the upstream can switch protocols. `TE: trailers` is kept:
-/// it is the one `TE` value HTTP/2 allows and gRPC requires.
-pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .filter(|name| !(keep_upgrade && name == header::UPGRADE))
-        .collect();
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-}
+use http::{HeaderMap, HeaderValue, header};
 
 /// How the proxy tells the upstream about the original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -171,6 +111,7 @@ pub(crate) fn add_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -181,38 +122,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
-        let mut h = map(&[
-            ("connection", "keep-alive, x-secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "trailers, gzip"),
-            ("transfer-encoding", "chunked"),
-            ("proxy-authorization", "Basic x"),
-            ("upgrade", "websocket"),
-            ("accept", "*/*"),
-        ]);
-        remove_hop_by_hop(&mut h, false);
-        let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
-        assert_eq!(names, ["accept", "te"]);
-        assert_eq!(h["te"], "trailers");
-    }
-
-    #[test]
-    fn upgrades_keep_connection_upgrade() {
-        let mut h = map(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "k"),
-        ]);
-        assert!(is_upgrade(&h));
-        remove_hop_by_hop(&mut h, true);
-        assert_eq!(h["connection"], "upgrade");
-        assert_eq!(h["upgrade"], "websocket");
-        assert_eq!(h["sec-websocket-key"], "k");
     }
 
     #[test]

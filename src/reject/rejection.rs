@@ -37,6 +37,12 @@ pub enum RejectionKind {
     Unavailable,
     /// The upstream did not answer in time: 504, gRPC `DEADLINE_EXCEEDED`.
     GatewayTimeout,
+    /// The client did not send its request (body) in time: 408, gRPC
+    /// `DEADLINE_EXCEEDED`.
+    RequestTimeout,
+    /// The request uses a feature the gateway does not implement (a
+    /// transfer coding other than chunked): 501, gRPC `UNIMPLEMENTED`.
+    NotImplemented,
 }
 
 impl RejectionKind {
@@ -53,6 +59,8 @@ impl RejectionKind {
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -62,10 +70,12 @@ impl RejectionKind {
             Self::BadRequest => GrpcCode::InvalidArgument,
             Self::Unauthenticated => GrpcCode::Unauthenticated,
             Self::Forbidden => GrpcCode::PermissionDenied,
-            Self::NotFound | Self::MethodNotAllowed => GrpcCode::Unimplemented,
+            Self::NotFound | Self::MethodNotAllowed | Self::NotImplemented => {
+                GrpcCode::Unimplemented
+            }
             Self::TooManyRequests | Self::HeadersTooLarge => GrpcCode::ResourceExhausted,
             Self::BadGateway | Self::Unavailable => GrpcCode::Unavailable,
-            Self::GatewayTimeout => GrpcCode::DeadlineExceeded,
+            Self::GatewayTimeout | Self::RequestTimeout => GrpcCode::DeadlineExceeded,
         }
     }
 }

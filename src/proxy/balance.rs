@@ -174,13 +174,18 @@ impl EndpointState {
     /// this one. An endpoint that has not answered yet costs nothing while
     /// idle — it is probed one request at a time instead of waiting for a
     /// guess to decay below its peers' real figures.
-    fn ewma_cost(&self) -> f64 {
+    /// A slow sample is forgotten with time even when the endpoint gets no
+    /// traffic to prove itself: the estimate decays towards zero while it
+    /// is not updated (as in Finagle and tower).
+    fn ewma_cost(&self, now_ns: u64, decay: Duration) -> f64 {
         let in_flight = self.in_flight() as f64;
-        if self.rtt_at.load(Ordering::Relaxed) == 0 {
-            self.rtt() * in_flight
-        } else {
-            self.rtt() * (in_flight + 1.0)
+        let at = self.rtt_at.load(Ordering::Relaxed);
+        if at == 0 {
+            return self.rtt() * in_flight;
         }
+        let idle = now_ns.saturating_sub(at) as f64;
+        let estimate = self.rtt() * (-idle / decay.as_nanos() as f64).exp();
+        estimate * (in_flight + 1.0)
     }
 
     fn rtt(&self) -> f64 {
@@ -329,7 +334,10 @@ impl EndpointList {
                 (0..n).map(|k| (start + k) % n).find(|&i| eligible(i))
             }
             Balancer::LeastRequest => self.two_choices(n, eligible, |i| list[i].in_flight() as f64),
-            Balancer::PeakEwma(_) => self.two_choices(n, eligible, |i| list[i].ewma_cost()),
+            Balancer::PeakEwma(settings) => {
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                self.two_choices(n, eligible, |i| list[i].ewma_cost(now, settings.decay))
+            }
         }
     }
 

@@ -121,6 +121,9 @@ pub(crate) struct EndpointState {
     /// doubles with consecutive refusals.
     refused_until: AtomicU64,
     refusals: AtomicU32,
+    /// Streams open (request sent, response body not done) per client
+    /// lane; see `forward::HTTP2_LANES`.
+    lanes: Box<[AtomicUsize]>,
 }
 
 impl std::fmt::Debug for EndpointState {
@@ -145,6 +148,7 @@ impl EndpointState {
         authority: Authority,
         breaker: CircuitBreaker,
         initial_rtt: Duration,
+        lanes: usize,
     ) -> Option<Self> {
         let host = HeaderValue::from_str(authority.as_str()).ok()?;
         Some(Self {
@@ -158,6 +162,7 @@ impl EndpointState {
             rtt_at: AtomicU64::new(0),
             refused_until: AtomicU64::new(0),
             refusals: AtomicU32::new(0),
+            lanes: (0..lanes.max(1)).map(|_| AtomicUsize::new(0)).collect(),
         })
     }
 
@@ -194,6 +199,23 @@ impl EndpointState {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Opens a stream on the lane with the fewest open streams; it counts
+    /// until the guard drops (with the response body).
+    pub(crate) fn open_stream(self: &Arc<Self>) -> OpenStream {
+        let lane = if self.lanes.len() == 1 {
+            0
+        } else {
+            (0..self.lanes.len())
+                .min_by_key(|&i| self.lanes[i].load(Ordering::Relaxed))
+                .unwrap_or(0)
+        };
+        self.lanes[lane].fetch_add(1, Ordering::Relaxed);
+        OpenStream {
+            endpoint: self.clone(),
+            lane,
+        }
     }
 
     /// Counts a request in flight until the guard drops.
@@ -242,6 +264,24 @@ pub(crate) struct InFlight(Arc<EndpointState>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A stream open on one of an endpoint's client lanes.
+pub(crate) struct OpenStream {
+    endpoint: Arc<EndpointState>,
+    lane: usize,
+}
+
+impl OpenStream {
+    pub(crate) fn lane(&self) -> usize {
+        self.lane
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.endpoint.lanes[self.lane].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -388,6 +428,7 @@ mod tests {
                         endpoint.authority().parse().unwrap(),
                         CircuitBreaker::new(format!("e{i}"), CircuitConfig::default()),
                         list.initial_rtt(&[]),
+                        1,
                     )
                     .unwrap(),
                 )

@@ -43,16 +43,43 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-/// A pooled client for one upstream.
-pub(crate) fn client(
+/// HTTP/2 connections per endpoint (lanes): each request takes the lane
+/// with the fewest streams open, so streams a few clients hold (stalled
+/// uploads, unread downloads) fill one connection's share at most, and a
+/// single connection's stream limit never caps the endpoint.
+pub(crate) const HTTP2_LANES: usize = 8;
+
+/// Per-stream receive window towards HTTP/2 upstreams. The connection
+/// window is [`HTTP2_STREAMS_PER_WINDOW`] times larger, so unread
+/// responses exhaust a connection's window only when that many of them
+/// share it, not a handful (hyper's defaults are 2 MiB and 5 MiB: three
+/// unread downloads stall every other response on the connection).
+const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+const HTTP2_STREAMS_PER_WINDOW: u32 = 64;
+
+/// The pooled clients for one upstream: one for HTTP/1.1 (its pool holds a
+/// connection per request in flight), [`HTTP2_LANES`] for HTTP/2.
+pub(crate) fn clients(
     connector: Connector,
     protocol: UpstreamProtocol,
-) -> Client<Connector, SendBody> {
+) -> Box<[Client<Connector, SendBody>]> {
     let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(60))
-        .http2_only(protocol == UpstreamProtocol::Http2);
-    builder.build(connector)
+    builder.pool_idle_timeout(Duration::from_secs(60));
+    let lanes = match protocol {
+        UpstreamProtocol::Http1 => 1,
+        UpstreamProtocol::Http2 => {
+            builder
+                .http2_only(true)
+                .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(
+                    HTTP2_STREAM_WINDOW * HTTP2_STREAMS_PER_WINDOW,
+                );
+            HTTP2_LANES
+        }
+    };
+    (0..lanes)
+        .map(|_| builder.build(connector.clone()))
+        .collect()
 }
 
 /// A plain connector (no client certificate; public roots are not trusted
@@ -86,15 +113,23 @@ pin_project! {
         #[pin]
         idle: Sleep,
         timeout: Duration,
+        // The stream stays counted against its connection until the body
+        // is done or dropped.
+        stream: Option<crate::proxy::balance::OpenStream>,
     }
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(inner: Incoming, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        timeout: Duration,
+        stream: crate::proxy::balance::OpenStream,
+    ) -> Self {
         Self {
             inner,
             idle: tokio::time::sleep(timeout),
             timeout,
+            stream: Some(stream),
         }
     }
 }
@@ -121,9 +156,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.idle.as_mut().reset(Instant::now() + *this.timeout);
+                if frame.is_none() || this.inner.as_ref().is_end_stream() {
+                    this.stream.take();
+                } else {
+                    this.idle.as_mut().reset(Instant::now() + *this.timeout);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {

@@ -201,8 +201,10 @@ impl Upstream {
             ),
         };
         let endpoints = Arc::new(EndpointList::new(self.balancer));
+        let clients = forward::clients(connector, self.protocol);
         let membership = Membership {
             name: self.name.clone(),
+            lanes: clients.len(),
             circuit: self.circuit,
             group: EjectionGroup::new(self.max_ejected_fraction),
             observer: self.observer.clone(),
@@ -225,7 +227,7 @@ impl Upstream {
         });
         Ok(UpstreamService {
             shared: Arc::new(Shared {
-                client: forward::client(connector, self.protocol),
+                clients,
                 http2: self.protocol == UpstreamProtocol::Http2,
                 scheme,
                 endpoints,
@@ -245,6 +247,7 @@ impl Upstream {
 /// What a new endpoint needs: its breaker's settings and group.
 struct Membership {
     name: Arc<str>,
+    lanes: usize,
     circuit: CircuitConfig,
     group: EjectionGroup,
     observer: Observer,
@@ -282,6 +285,7 @@ impl Membership {
                 authority,
                 breaker,
                 initial_rtt,
+                self.lanes,
             ) {
                 next.push(Arc::new(state));
             }
@@ -291,7 +295,8 @@ impl Membership {
 }
 
 struct Shared {
-    client: Client<Connector, SendBody>,
+    /// One client per lane (see `forward::HTTP2_LANES`).
+    clients: Box<[Client<Connector, SendBody>]>,
     http2: bool,
     scheme: Scheme,
     endpoints: Arc<EndpointList>,
@@ -453,8 +458,9 @@ async fn attempts(
         let mut request = Request::from_parts(head, this_body);
         set_target(&mut request, shared, &endpoint);
         let in_flight = endpoint.start();
+        let stream = endpoint.open_stream();
         let started = Instant::now();
-        let result = shared.client.request(request).await;
+        let result = shared.clients[stream.lane()].request(request).await;
         let elapsed = started.elapsed();
         drop(in_flight);
         shared.observer.upstream_latency(&shared.name, elapsed);
@@ -471,8 +477,9 @@ async fn attempts(
                     shared.budget.deposit();
                 }
                 let timeout = shared.body_idle_timeout;
-                return Ok(response
-                    .map(|incoming| ResponseBody::inner(UpstreamBody::new(incoming, timeout))));
+                return Ok(response.map(|incoming| {
+                    ResponseBody::inner(UpstreamBody::new(incoming, timeout, stream))
+                }));
             }
             Err(error) => error,
         };

@@ -225,7 +225,7 @@ impl RouteTable {
         for (index, entry) in self.entries.iter().enumerate() {
             let route = &entry.route;
             if let Some(pattern) = &route.host
-                && !host_matches(pattern, host.as_deref())
+                && !host_matches(pattern, host)
             {
                 continue;
             }

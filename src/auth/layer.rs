@@ -4,7 +4,8 @@ use http::{Extensions, HeaderName};
 use tower_layer::Layer;
 
 use super::{
-    AuthError, Issuer, JwtAuth,
+    AuthError, FailureBudget, Issuer, JwtAuth,
+    budget::FailureLedger,
     token::TokenSources,
     verifier::{Settings, Verifier},
 };
@@ -37,6 +38,7 @@ pub(crate) struct Shared {
     pub(crate) realm: Option<String>,
     pub(crate) renderer: Renderer,
     pub(crate) observer: Observer,
+    pub(crate) budget: Option<FailureLedger>,
 }
 
 impl fmt::Debug for JwtAuthLayer {
@@ -83,6 +85,7 @@ pub struct JwtAuthBuilder {
     realm: Option<String>,
     renderer: Renderer,
     observer: Observer,
+    budget: Option<FailureBudget>,
     #[cfg(feature = "jwks")]
     jwks_options: super::JwksOptions,
     #[cfg(feature = "jwks")]
@@ -109,6 +112,8 @@ impl JwtAuthLayer {
                 required_claims: Vec::new(),
                 role_source: RoleSource::default(),
                 cache_capacity: 4096,
+                rejected_capacity: 4096,
+                rejected_ttl: Duration::from_secs(5),
                 max_token_len: 8 * 1024,
             },
             sources: TokenSources::default(),
@@ -121,6 +126,7 @@ impl JwtAuthLayer {
             realm: None,
             renderer: Renderer::default(),
             observer: Observer::default(),
+            budget: None,
             #[cfg(feature = "jwks")]
             jwks_options: super::JwksOptions::default(),
             #[cfg(feature = "jwks")]
@@ -232,6 +238,39 @@ impl JwtAuthBuilder {
     /// dropped when the issuer's key set changes.
     pub fn cache_capacity(mut self, entries: usize) -> Self {
         self.settings.cache_capacity = entries;
+        self
+    }
+
+    /// Capacity of the negative cache of tokens that failed verification
+    /// (default 4096; 0 disables).
+    ///
+    /// A repeated forged, expired or otherwise invalid token then costs a
+    /// SHA-256 and a lookup instead of a signature check, and is refused
+    /// with the same error. Entries live for [`Self::negative_cache_ttl`],
+    /// and a failure that depends on the issuer's keys stops counting as
+    /// soon as the key set changes, so a key published by a JWKS refresh is
+    /// used at once. A token refused because it is not valid *yet* (`nbf`)
+    /// or lives too long is never cached: time fixes both.
+    pub fn negative_cache_capacity(mut self, entries: usize) -> Self {
+        self.settings.rejected_capacity = entries;
+        self
+    }
+
+    /// How long a failed token stays in the negative cache (default 5 s;
+    /// zero disables the cache).
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.rejected_ttl = ttl;
+        self
+    }
+
+    /// Refuses token-carrying requests with 429 once their client address
+    /// has caused `budget` failed verifications (off by default; see
+    /// [`FailureBudget`]). The address is the connection's
+    /// [`ClientAddr`](crate::connection::ClientAddr); requests without one
+    /// have no budget. Refusals are reported to the observer with the
+    /// reason `auth_failure_budget`.
+    pub fn failure_budget(mut self, budget: FailureBudget) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -392,6 +431,7 @@ impl JwtAuthBuilder {
                 realm: self.realm,
                 renderer: self.renderer,
                 observer: self.observer,
+                budget: self.budget.map(FailureLedger::new),
             }),
         })
     }

@@ -22,7 +22,12 @@
 //! - Identity headers forwarded to upstreams are first stripped from the
 //!   client's request.
 //! - A bounded cache of verified tokens makes repeat RS/ES/EdDSA tokens cost
-//!   about what HS256 costs.
+//!   about what HS256 costs; a short-lived negative cache does the same for
+//!   repeated invalid tokens.
+//! - An optional [`FailureBudget`] per client address answers 429 to an
+//!   address that keeps sending bad tokens, before any signature check.
+//! - A bad signature under a known JWKS `kid` triggers a (rate-limited)
+//!   refetch, so a key rotated under the same `kid` is picked up.
 //!
 //! # Example
 //!
@@ -66,6 +71,7 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
 mod error;
 mod future;
 mod issuer;
@@ -81,6 +87,7 @@ mod verifier;
 #[cfg(feature = "jwks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use crate::client::{HttpClientConfig, HttpClientError};
+pub use budget::FailureBudget;
 pub use error::AuthError;
 pub use future::ResponseFuture;
 pub use issuer::Issuer;

@@ -8,6 +8,7 @@ use tower_service::Service;
 
 use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
 use crate::{
+    connection::ClientAddr,
     identity::Identity,
     reject::{RequestHead, ResponseBody},
 };
@@ -66,16 +67,26 @@ where
             return ResponseFuture::inner(inner.call(request));
         }
 
-        let outcome = match shared.sources.extract(request.headers(), request.uri()) {
-            Ok(None) if shared.allow_anonymous => {
+        let extracted = shared.sources.extract(request.headers(), request.uri());
+        // The budget is checked before anything looks at the token: an
+        // address that spent it costs one hash lookup per request.
+        let spent = match &extracted {
+            Ok(None) => None,
+            Ok(Some(_)) | Err(_) => budget_spent(shared, &request),
+        };
+        let outcome = match (extracted, spent) {
+            (Ok(None), _) if shared.allow_anonymous => {
                 return ResponseFuture::inner(inner.call(request));
             }
-            Ok(None) => Err(Failure::Now(AuthError::Missing)),
-            Ok(Some(token)) => shared
+            (Ok(None), _) => Err(Failure::Now(AuthError::Missing)),
+            (_, Some(retry_after)) => {
+                Err(Failure::Now(AuthError::FailureBudgetExhausted { retry_after }))
+            }
+            (Ok(Some(token)), None) => shared
                 .verifier
                 .verify(&token)
                 .map_err(|failure| Failure::Retry(failure, token.into_owned())),
-            Err(error) => Err(Failure::Now(error)),
+            (Err(error), None) => Err(Failure::Now(error)),
         };
         match outcome {
             Ok(identity) => match admit(shared, &mut request, identity) {
@@ -174,11 +185,31 @@ fn admit<B>(
     Ok(())
 }
 
+/// The time until the client's failure budget window closes, if the
+/// request came from an address that spent it.
+fn budget_spent<B>(shared: &Shared, request: &Request<B>) -> Option<std::time::Duration> {
+    let ledger = shared.budget.as_ref()?;
+    let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
+    ledger.exhausted(addr.ip())
+}
+
 fn reject<B, ResBody>(
     shared: &Shared,
     request: &Request<B>,
     error: &AuthError,
 ) -> Response<ResponseBody<ResBody>> {
+    // Every refusal of a request that carried a token counts against its
+    // address's budget; a refusal by the budget itself does not, or the
+    // window would never close for a client that keeps retrying.
+    if let Some(ledger) = &shared.budget
+        && !matches!(
+            error,
+            AuthError::Missing | AuthError::FailureBudgetExhausted { .. }
+        )
+        && let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>()
+    {
+        ledger.record_failure(addr.ip());
+    }
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
     shared.observer.auth_rejected(error.reason());
     shared.renderer.respond(

@@ -311,6 +311,11 @@ impl JwtAuthBuilder {
 
     /// Removes header `name` from every incoming request — for identity
     /// headers that something downstream trusts.
+    ///
+    /// This header and those of [`Self::forward_subject`] and
+    /// [`Self::forward_roles`] are removed in every spelling that swaps `-`
+    /// and `_` (`X_User_Id` for `x-user-id`): CGI, WSGI, Rack and PHP
+    /// servers read both as the same variable.
     pub fn strip_header(mut self, name: HeaderName) -> Self {
         self.stripped.push(name);
         self

@@ -3,7 +3,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use tower_service::Service;
 
 use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
@@ -60,9 +60,7 @@ where
 
         // Whatever happens next, a client never gets to assert an identity
         // header to the upstream.
-        for name in &shared.stripped {
-            request.headers_mut().remove(name);
-        }
+        strip_identity_headers(&shared.stripped, request.headers_mut());
         if shared.preflight_passthrough && is_cors_preflight(&request) {
             return ResponseFuture::inner(inner.call(request));
         }
@@ -124,6 +122,41 @@ where
             Err(Failure::Now(error)) => ResponseFuture::rejected(reject(shared, &request, &error)),
         }
     }
+}
+
+/// Removes every header in `stripped`, in any spelling that mixes `-` and
+/// `_`. CGI (RFC 3875 §4.1.18) turns both into `_` in `HTTP_*` variables,
+/// and so do WSGI, Rack and PHP: their applications read a client's
+/// `X_User_Id` as the `X-User-Id` the gateway vouches for, so that spelling
+/// must go too. Allocates only when such a spelling is present.
+fn strip_identity_headers(stripped: &[HeaderName], headers: &mut HeaderMap) {
+    if stripped.is_empty() {
+        return;
+    }
+    for name in stripped {
+        headers.remove(name);
+    }
+    let mut doomed = Vec::new();
+    for name in headers.keys() {
+        if stripped
+            .iter()
+            .any(|s| same_but_separators(s.as_str(), name.as_str()))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether two (lower-case) header names are equal once `_` is read as `-`.
+fn same_but_separators(a: &str, b: &str) -> bool {
+    let sep = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .all(|(x, y)| sep(x) == sep(y))
 }
 
 /// A failed verification: refuse now, or maybe after a JWKS refresh.

@@ -106,6 +106,8 @@ pub(crate) struct Verifier {
     settings: Settings,
     cache: Option<Cache<[u8; 32], CachedToken>>,
     rejected: Option<Cache<[u8; 32], RejectedToken>>,
+    #[cfg(test)]
+    signature_checks: std::sync::atomic::AtomicUsize,
 }
 
 /// The part of the claims needed to pick the issuer before verifying.
@@ -170,6 +172,8 @@ impl Verifier {
             settings,
             cache,
             rejected,
+            #[cfg(test)]
+            signature_checks: Default::default(),
         }
     }
 
@@ -274,6 +278,9 @@ impl Verifier {
         let mut last_error = AuthError::InvalidSignature;
         let mut claims = None;
         for key in candidates {
+            #[cfg(test)]
+            self.signature_checks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match decode::<Map<String, Value>>(token, &key.key.decoding, &key.validation) {
                 Ok(data) => {
                     claims = Some(data.claims);
@@ -458,4 +465,137 @@ fn validation_template(issuer: &Issuer, settings: &Settings) -> Validation {
         validation.required_spec_claims.insert("aud".into());
     }
     validation
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+    use crate::auth::JwtKey;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const OTHER: &[u8] = b"fedcba9876543210fedcba9876543210";
+
+    fn settings() -> Settings {
+        Settings {
+            leeway: Duration::ZERO,
+            require_exp: true,
+            max_lifetime: None,
+            required_claims: Vec::new(),
+            role_source: RoleSource::default(),
+            cache_capacity: 64,
+            rejected_capacity: 64,
+            rejected_ttl: Duration::from_secs(5),
+            max_token_len: 8192,
+        }
+    }
+
+    fn verifier(settings: Settings) -> Verifier {
+        let issuer = Issuer::new("iss").key(JwtKey::hmac(SECRET).kid("k"));
+        Verifier::new(
+            vec![issuer],
+            settings,
+            #[cfg(feature = "jwks")]
+            None,
+        )
+    }
+
+    fn token(secret: &[u8], claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k".into());
+        encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn claims() -> serde_json::Value {
+        json!({"iss": "iss", "sub": "alice", "exp": unix_now() + 600})
+    }
+
+    fn checks(v: &Verifier) -> usize {
+        v.signature_checks.load(Ordering::Relaxed)
+    }
+
+    fn error(v: &Verifier, token: &str) -> AuthError {
+        match v.verify(token) {
+            Ok(_) => panic!("accepted"),
+            Err(failure) => failure.error,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_forgery_is_refused_from_the_negative_cache_until_ttl() {
+        let v = verifier(settings());
+        let forged = token(OTHER, claims());
+        assert_eq!(error(&v, &forged), AuthError::InvalidSignature);
+        assert_eq!(checks(&v), 1);
+        for _ in 0..10 {
+            assert_eq!(error(&v, &forged), AuthError::InvalidSignature);
+        }
+        assert_eq!(checks(&v), 1, "a repeat checked the signature again");
+        // A different token is not answered from the cache.
+        assert!(v.verify(&token(SECRET, claims())).is_ok());
+        assert_eq!(checks(&v), 2);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(error(&v, &forged), AuthError::InvalidSignature);
+        assert_eq!(checks(&v), 3, "the entry outlived its TTL");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn negative_cache_can_be_disabled() {
+        let mut s = settings();
+        s.rejected_capacity = 0;
+        let v = verifier(s);
+        let forged = token(OTHER, claims());
+        for _ in 0..3 {
+            assert_eq!(error(&v, &forged), AuthError::InvalidSignature);
+        }
+        assert_eq!(checks(&v), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_yet_valid_tokens_are_not_negatively_cached() {
+        let v = verifier(settings());
+        let mut c = claims();
+        c["nbf"] = json!(unix_now() + 300);
+        let early = token(SECRET, c);
+        assert_eq!(error(&v, &early), AuthError::NotYetValid);
+        assert_eq!(error(&v, &early), AuthError::NotYetValid);
+        assert_eq!(checks(&v), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_key_set_voids_cached_failures() {
+        // Keys as a JWKS would publish them: first SECRET under kid "k",
+        // then OTHER under the same kid (rotation without a new kid).
+        let v = Verifier::new(
+            vec![Issuer::new("iss")],
+            settings(),
+            #[cfg(feature = "jwks")]
+            None,
+        );
+        v.issuers[0].store.install(vec![JwtKey::hmac(SECRET).kid("k")]);
+        let rotated = token(OTHER, claims());
+        assert_eq!(error(&v, &rotated), AuthError::InvalidSignature);
+        assert_eq!(error(&v, &rotated), AuthError::InvalidSignature);
+        assert_eq!(checks(&v), 1);
+        v.issuers[0].store.install(vec![JwtKey::hmac(OTHER).kid("k")]);
+        assert!(v.verify(&rotated).is_ok(), "a stale failure was served");
+
+        // The same for a kid that was unknown when the token first came.
+        let fresh = {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("k2".into());
+            encode(&header, &claims(), &EncodingKey::from_secret(SECRET)).unwrap()
+        };
+        assert_eq!(error(&v, &fresh), AuthError::UnknownKey);
+        assert_eq!(error(&v, &fresh), AuthError::UnknownKey);
+        v.issuers[0].store.install(vec![
+            JwtKey::hmac(OTHER).kid("k"),
+            JwtKey::hmac(SECRET).kid("k2"),
+        ]);
+        assert!(v.verify(&fresh).is_ok(), "a stale unknown-kid failure was served");
+    }
 }

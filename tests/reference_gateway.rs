@@ -294,8 +294,7 @@ async fn the_reference_gateway_scrape_passes_promtool() {
     let gw = Gateway::start(2).await;
     let user = gw.token("alice", "user").await;
     for _ in 0..4 {
-        gw.call(Method::GET, "/inventory", Some(&user), None).await;
-    }
+        }
     gw.call(Method::GET, "/orders", Some(&user), None).await;
     gw.call(Method::GET, "/orders", None, None).await;
     gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
@@ -351,4 +350,24 @@ async fn the_per_ip_limit_caps_unauthenticated_floods() {
     }
     assert_eq!(&statuses[..3], [401, 401, 401], "{statuses:?}");
     assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+}
+
+/// The reference gateway runs with an auth-failure budget: after 30 bad
+/// tokens from one address in a minute, even a valid token from it is
+/// answered 429 (`auth_failure_budget`) without being verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_gateway_budgets_auth_failures_per_address() {
+    let gw = Gateway::start(1000).await;
+    let user = gw.token("alice", "user").await;
+    for i in 0..30 {
+        let (status, _) = gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
+        assert_eq!(status, 401, "bad token #{i}");
+    }
+    let (status, body) = gw.call(Method::GET, "/orders", Some(&user), None).await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "auth_failure_budget");
+    // Requests without a token are not affected.
+    let (status, _) = gw.call(Method::GET, "/orders", None, None).await;
+    assert_eq!(status, 401);
 }

@@ -16,7 +16,7 @@ use axum::{Router, http::Method, routing::get};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_gateway::{
-    auth::{Issuer, JwtAuthLayer},
+    auth::{FailureBudget, Issuer, JwtAuthLayer},
     circuit::CircuitConfig,
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
@@ -50,6 +50,11 @@ pub struct Config {
     /// per-consumer limit never sees because authentication refuses them
     /// first.
     pub per_ip_second: u32,
+    /// Failed token verifications one client address may cause per minute
+    /// before its token-carrying requests get 429 without being verified
+    /// (`0`: off). Bounds what a forger can make the gateway spend on
+    /// signature checks.
+    pub auth_failures_per_minute: u32,
     /// The server's timeouts and size limits towards clients.
     pub server: serve::Limits,
     /// Serve each service's own metrics on this port and the next two
@@ -68,6 +73,7 @@ impl Default for Config {
             per_second: 5,
             per_hour: 1000,
             per_ip_second: 0,
+            auth_failures_per_minute: 30,
             server: serve::Limits::default(),
             service_metrics_port: None,
         }
@@ -195,7 +201,8 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     // Discovery sources and registrations live as long as the process.
     std::mem::forget(keep);
 
-    let auth = JwtAuthLayer::builder()
+    #[allow(unused_mut)]
+    let mut auth = JwtAuthLayer::builder()
         .issuer(
             Issuer::new(issuer)
                 .audience(auth_server::AUDIENCE)
@@ -207,8 +214,16 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         // values are stripped first, so they cannot be forged.
         .forward_subject(http::HeaderName::from_static("x-user-id"))
         .forward_roles(http::HeaderName::from_static("x-user-roles"))
-        .observer(observer.clone())
-        .build()?;
+        .observer(observer.clone());
+    if config.auth_failures_per_minute > 0 {
+        // Well above what a NAT full of clients with stale tokens produces,
+        // far below what signature-forging needs.
+        auth = auth.failure_budget(FailureBudget::new(
+            config.auth_failures_per_minute,
+            Duration::from_secs(60),
+        ));
+    }
+    let auth = auth.build()?;
     if !auth.wait_for_keys(Duration::from_secs(5)).await {
         return Err("the auth server published no keys".into());
     }

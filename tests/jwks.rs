@@ -1013,8 +1013,11 @@ async fn key_rotated_under_the_same_kid_is_refetched() {
     let rotated = token(&rsa2(), Algorithm::RS256, "k1");
     gw.expect_ok(&rotated, "rotated #1").await;
     gw.expect_ok(&rotated, "rotated #2").await;
-    gw.expect_refused(&token(&rsa1(), Algorithm::RS256, "k1"), "old key after rotation")
-        .await;
+    gw.expect_refused(
+        &token(&rsa1(), Algorithm::RS256, "k1"),
+        "old key after rotation",
+    )
+    .await;
 }
 
 /// Forged signatures under a known kid ask for refetches exactly like

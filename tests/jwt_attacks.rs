@@ -1361,7 +1361,12 @@ impl tower_gateway::observe::Observe for Reasons {
 
 impl Reasons {
     fn count(&self, reason: &str) -> usize {
-        self.0.lock().unwrap().iter().filter(|r| **r == reason).count()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == reason)
+            .count()
     }
 }
 
@@ -1391,7 +1396,10 @@ fn assert_budget_refusal(reply: &Reply, retry_after: &str, what: &str) {
         "{what}"
     );
     assert_eq!(reply.json()["code"], "auth_failure_budget", "{what}");
-    assert!(!reply.headers.contains_key(header::WWW_AUTHENTICATE), "{what}");
+    assert!(
+        !reply.headers.contains_key(header::WWW_AUTHENTICATE),
+        "{what}"
+    );
 }
 
 /// After N failed tokens from one address, its token-carrying requests are
@@ -1438,8 +1446,12 @@ async fn failure_budget_refuses_an_address_before_verifying() {
     gw.expect_ok(bearer(&good), "alice", "no ClientAddr").await;
 
     tokio::time::advance(Duration::from_millis(7500)).await;
-    gw.expect_ok(from("192.0.2.66:40001", bearer(&good)), "alice", "window over")
-        .await;
+    gw.expect_ok(
+        from("192.0.2.66:40001", bearer(&good)),
+        "alice",
+        "window over",
+    )
+    .await;
     assert_eq!(reasons.count("auth_failure_budget"), 2);
     assert_eq!(reasons.count("invalid_signature"), 3);
 }
@@ -1512,8 +1524,17 @@ async fn underscore_spellings_of_identity_headers_are_stripped() {
             .iter()
             .map(|v| v.as_str().unwrap())
             .collect();
-        for gone in ["x_user_id", "x-user_id", "x_user-roles", "x-tenant", "x_tenant"] {
-            assert!(!names.contains(&gone), "{what}: {gone} reached the upstream");
+        for gone in [
+            "x_user_id",
+            "x-user_id",
+            "x_user-roles",
+            "x-tenant",
+            "x_tenant",
+        ] {
+            assert!(
+                !names.contains(&gone),
+                "{what}: {gone} reached the upstream"
+            );
         }
         assert!(names.contains(&"x_request_id"), "{what}: {names:?}");
     }

@@ -20,6 +20,7 @@ use tower_gateway::{
     circuit::CircuitConfig,
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
+    path::NormalizePathLayer,
     proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
     ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer},
     rbac::{Policy, RbacLayer, RoleHierarchy},
@@ -267,6 +268,10 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .build()?;
 
     let gateway = ServiceBuilder::new()
+        // The services run on frameworks that may percent-decode a path
+        // twice; `%252e` would be `.` there. No route of ours carries a
+        // literal `%`, so strict mode costs nothing legitimate.
+        .layer(NormalizePathLayer::new().reject_double_encoding(true))
         .layer(RouteLayer::new(&table))
         .layer(MetricsLayer::new(&metrics))
         // Unknown routes are 404 (405, 400) for everyone, as in Kong.

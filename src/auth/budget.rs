@@ -137,11 +137,13 @@ impl FailureLedger {
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
                 let (start, count) = unpack(word);
-                Some(if start == 0 || now.saturating_sub(start) >= self.window_ms {
-                    pack(now, 1)
-                } else {
-                    pack(start, count + 1)
-                })
+                Some(
+                    if start == 0 || now.saturating_sub(start) >= self.window_ms {
+                        pack(now, 1)
+                    } else {
+                        pack(start, count + 1)
+                    },
+                )
             });
     }
 

@@ -77,9 +77,9 @@ where
                 return ResponseFuture::inner(inner.call(request));
             }
             (Ok(None), _) => Err(Failure::Now(AuthError::Missing)),
-            (_, Some(retry_after)) => {
-                Err(Failure::Now(AuthError::FailureBudgetExhausted { retry_after }))
-            }
+            (_, Some(retry_after)) => Err(Failure::Now(AuthError::FailureBudgetExhausted {
+                retry_after,
+            })),
             (Ok(Some(token)), None) => shared
                 .verifier
                 .verify(&token)
@@ -153,10 +153,7 @@ fn strip_identity_headers(stripped: &[HeaderName], headers: &mut HeaderMap) {
 /// Whether two (lower-case) header names are equal once `_` is read as `-`.
 fn same_but_separators(a: &str, b: &str) -> bool {
     let sep = |c: u8| if c == b'_' { b'-' } else { c };
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .all(|(x, y)| sep(x) == sep(y))
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| sep(x) == sep(y))
 }
 
 /// A failed verification: refuse now, or maybe after a JWKS refresh.

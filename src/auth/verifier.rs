@@ -198,8 +198,8 @@ impl Verifier {
             return Err(AuthError::TooLarge.into());
         }
         let now = unix_now();
-        let digest: Option<[u8; 32]> = (self.cache.is_some() || self.rejected.is_some())
-            .then(|| Sha256::digest(token).into());
+        let digest: Option<[u8; 32]> =
+            (self.cache.is_some() || self.rejected.is_some()).then(|| Sha256::digest(token).into());
         if let (Some(cache), Some(digest)) = (&self.cache, &digest)
             && let Some(hit) = cache.get(digest)
         {
@@ -576,12 +576,16 @@ mod tests {
             #[cfg(feature = "jwks")]
             None,
         );
-        v.issuers[0].store.install(vec![JwtKey::hmac(SECRET).kid("k")]);
+        v.issuers[0]
+            .store
+            .install(vec![JwtKey::hmac(SECRET).kid("k")]);
         let rotated = token(OTHER, claims());
         assert_eq!(error(&v, &rotated), AuthError::InvalidSignature);
         assert_eq!(error(&v, &rotated), AuthError::InvalidSignature);
         assert_eq!(checks(&v), 1);
-        v.issuers[0].store.install(vec![JwtKey::hmac(OTHER).kid("k")]);
+        v.issuers[0]
+            .store
+            .install(vec![JwtKey::hmac(OTHER).kid("k")]);
         assert!(v.verify(&rotated).is_ok(), "a stale failure was served");
 
         // The same for a kid that was unknown when the token first came.
@@ -596,6 +600,9 @@ mod tests {
             JwtKey::hmac(OTHER).kid("k"),
             JwtKey::hmac(SECRET).kid("k2"),
         ]);
-        assert!(v.verify(&fresh).is_ok(), "a stale unknown-kid failure was served");
+        assert!(
+            v.verify(&fresh).is_ok(),
+            "a stale unknown-kid failure was served"
+        );
     }
 }

@@ -717,7 +717,10 @@ mod tests {
         b[MAX_VALUE_LEN] = b'b';
         assert_ne!(a, key(&b));
         // A value at the limit stays verbatim.
-        assert_eq!(key(&[b'a'; MAX_VALUE_LEN]), format!("v={};", "a".repeat(256)));
+        assert_eq!(
+            key(&[b'a'; MAX_VALUE_LEN]),
+            format!("v={};", "a".repeat(256))
+        );
         // `#` in a verbatim value is escaped: no value spells a digest.
         assert!(key(a[2..a.len() - 1].as_bytes()).starts_with("v=%23"));
         // Values whose escaped form would overflow the key are hashed too.
@@ -726,7 +729,11 @@ mod tests {
             k.push("v", &[b'%'; MAX_VALUE_LEN]).unwrap();
         }
         assert!(k.as_str().len() <= MAX_KEY_LEN);
-        assert!(k.as_str().ends_with(';') && k.as_str().contains("v=#"), "{}", k.as_str());
+        assert!(
+            k.as_str().ends_with(';') && k.as_str().contains("v=#"),
+            "{}",
+            k.as_str()
+        );
         assert_eq!(
             KeyBuilder::new().push(&"n".repeat(MAX_VALUE_LEN + 1), b"v"),
             Err(KeyError::TooLong)

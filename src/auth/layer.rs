@@ -64,6 +64,15 @@ pub enum JwtConfigError {
     /// outside one.
     #[error("a JWKS issuer needs a Tokio runtime: call build() inside one")]
     NoRuntime,
+    /// jsonwebtoken's process-wide crypto provider does not work: with both
+    /// of its backends compiled in (feature `aws-lc`), something used
+    /// jsonwebtoken before this crate could install one. Call
+    /// [`install_crypto_backend`](super::install_crypto_backend) first
+    /// thing in `main`.
+    #[error(
+        "jsonwebtoken has no working crypto provider; call install_crypto_backend() at start-up"
+    )]
+    CryptoProvider,
     /// The HTTP client for JWKS could not be built.
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
@@ -101,8 +110,10 @@ impl fmt::Debug for JwtAuthBuilder {
 }
 
 impl JwtAuthLayer {
-    /// Starts a configuration.
+    /// Starts a configuration (and installs this crate's signature backend,
+    /// see [`install_crypto_backend`](super::install_crypto_backend)).
     pub fn builder() -> JwtAuthBuilder {
+        super::install_crypto_backend();
         JwtAuthBuilder {
             issuers: Vec::new(),
             settings: Settings {
@@ -381,6 +392,9 @@ impl JwtAuthBuilder {
     pub fn build(self) -> Result<JwtAuthLayer, JwtConfigError> {
         if self.issuers.is_empty() {
             return Err(JwtConfigError::NoIssuer);
+        }
+        if !super::crypto::backend_works() {
+            return Err(JwtConfigError::CryptoProvider);
         }
         let mut seen: Vec<Option<&str>> = Vec::new();
         for issuer in &self.issuers {

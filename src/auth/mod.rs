@@ -11,6 +11,8 @@
 //!   EdDSA. Every key is pinned to its algorithm family ([`JwtKey`]), so an HS
 //!   token is never checked against an RSA or EC public key; `alg: none` is
 //!   never accepted.
+//! - Signatures are checked by RustCrypto, or by aws-lc-rs with the feature
+//!   `aws-lc` (see [`install_crypto_backend`]).
 //! - Keys: static secrets and public keys (PEM/DER) with optional `kid`;
 //!   a JWKS URL or OIDC discovery, fetched by a background task and cached
 //!   (feature `jwks`). Several keys live at once, so keys rotate without
@@ -72,6 +74,7 @@
 //! ```
 
 mod budget;
+mod crypto;
 mod error;
 mod future;
 mod issuer;
@@ -88,6 +91,7 @@ mod verifier;
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use crate::client::{HttpClientConfig, HttpClientError};
 pub use budget::FailureBudget;
+pub use crypto::install_crypto_backend;
 pub use error::AuthError;
 pub use future::ResponseFuture;
 pub use issuer::Issuer;

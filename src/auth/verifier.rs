@@ -134,6 +134,7 @@ impl Verifier {
             crate::observe::Observer,
         )>,
     ) -> Self {
+        super::install_crypto_backend();
         let issuers = issuers
             .into_iter()
             .map(|issuer| {

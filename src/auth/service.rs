@@ -1,4 +1,5 @@
 use std::{
+    borrow::Cow,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -83,7 +84,7 @@ where
             (Ok(Some(token)), None) => shared
                 .verifier
                 .verify(&token)
-                .map_err(|failure| Failure::Retry(failure, token.into_owned())),
+                .map_err(|failure| Failure::Retry(failure, token)),
             (Err(error), None) => Err(Failure::Now(error)),
         };
         match outcome {
@@ -97,6 +98,9 @@ where
             Err(Failure::Retry(failure, token)) => {
                 #[cfg(feature = "jwks")]
                 if let Some((updated, wait)) = failure.refresh {
+                    // Only a request that waits owns its token; a plain
+                    // refusal (a negative-cache hit, say) allocates nothing.
+                    let token = token.into_owned();
                     let shared = self.shared.clone();
                     return ResponseFuture::waiting(Box::pin(async move {
                         let verdict = shared
@@ -157,9 +161,9 @@ fn same_but_separators(a: &str, b: &str) -> bool {
 }
 
 /// A failed verification: refuse now, or maybe after a JWKS refresh.
-enum Failure {
+enum Failure<'a> {
     Now(AuthError),
-    Retry(VerifyFailure, String),
+    Retry(VerifyFailure, Cow<'a, str>),
 }
 
 /// Puts the verified identity (and what is derived from it) on the request.

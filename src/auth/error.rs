@@ -1,8 +1,13 @@
-use crate::reject::Rejection;
+use std::time::Duration;
+
+use http::{HeaderValue, header};
+
+use crate::reject::{Rejection, RejectionKind};
 
 /// Why a request failed authentication.
 ///
-/// Every variant is answered with 401. [`AuthError::reason`] is a stable
+/// Every variant but [`AuthError::FailureBudgetExhausted`] (429) is
+/// answered with 401. [`AuthError::reason`] is a stable
 /// label for metrics and logs; clients see only RFC 6750's `invalid_token`
 /// (or no error code at all when no token was sent) and a description that
 /// says no more than "expired" or "invalid", so the response never tells an
@@ -49,6 +54,14 @@ pub enum AuthError {
     /// `exp` is further in the future than the configured maximum lifetime.
     #[error("token lifetime exceeds the maximum")]
     LifetimeTooLong,
+    /// The client address sent too many tokens that failed verification
+    /// (its [`FailureBudget`](super::FailureBudget) is spent); the token was
+    /// not looked at. Answered with 429 and `Retry-After`.
+    #[error("too many failed authentications")]
+    FailureBudgetExhausted {
+        /// When the address's budget window closes.
+        retry_after: Duration,
+    },
 }
 
 impl AuthError {
@@ -68,12 +81,27 @@ impl AuthError {
             Self::InvalidAudience => "audience",
             Self::MissingClaim(_) => "claims",
             Self::LifetimeTooLong => "lifetime",
+            Self::FailureBudgetExhausted { .. } => "auth_failure_budget",
         }
     }
 
-    /// The 401 rejection for this error (RFC 6750 §3).
+    /// The rejection for this error: 401 with a challenge (RFC 6750 §3), or
+    /// 429 with `Retry-After` in whole seconds, rounded up (RFC 9110
+    /// §10.2.3), for [`AuthError::FailureBudgetExhausted`].
     pub fn rejection(&self, realm: Option<&str>) -> Rejection {
         match self {
+            Self::FailureBudgetExhausted { retry_after } => {
+                let secs = retry_after
+                    .as_secs()
+                    .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+                    .max(1);
+                Rejection::new(
+                    RejectionKind::TooManyRequests,
+                    "auth_failure_budget",
+                    "too many failed authentication attempts",
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+            }
             Self::Missing => Rejection::unauthenticated(realm, None, "authentication required"),
             Self::Expired => {
                 Rejection::unauthenticated(realm, Some("invalid_token"), "the access token expired")

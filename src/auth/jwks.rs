@@ -1,9 +1,10 @@
 //! Keeping an issuer's JWKS current, off the request path.
 //!
 //! One background task per JWKS polls the document on an interval and on
-//! demand (a token names an unknown `kid`), with a minimum interval between
-//! fetches so that tokens with random `kid`s cannot make the gateway hammer
-//! the auth server. When the endpoint is down or returns garbage, the last
+//! demand (a token names an unknown `kid`, or its signature fails under a
+//! known `kid`, whose key may have been rotated in place), with a minimum
+//! interval between fetches so that tokens with random `kid`s or forged
+//! signatures cannot make the gateway hammer the auth server. When the endpoint is down or returns garbage, the last
 //! good keys stay in force. The request path only reads the current
 //! [`KeySnapshot`](super::store::KeySnapshot) through an `ArcSwap`.
 
@@ -77,9 +78,10 @@ impl JwksOptions {
         self
     }
 
-    /// How long a request whose token names an unknown `kid` waits for a
-    /// refresh that it triggered, or that is already running, before it is
-    /// refused (default 1 s; zero never waits). The request never fetches
+    /// How long a request whose token names an unknown `kid` (or fails its
+    /// signature check under a known one) waits for a refresh that it
+    /// triggered, or that is already running, before it is refused
+    /// (default 1 s; zero never waits). The request never fetches
     /// anything itself. While it waits it holds the inner service it was
     /// admitted to (and any capacity that service reserved in `poll_ready`).
     pub fn unknown_kid_wait(mut self, wait: Duration) -> Self {

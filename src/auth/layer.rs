@@ -4,7 +4,8 @@ use http::{Extensions, HeaderName};
 use tower_layer::Layer;
 
 use super::{
-    AuthError, Issuer, JwtAuth,
+    AuthError, FailureBudget, Issuer, JwtAuth,
+    budget::FailureLedger,
     token::TokenSources,
     verifier::{Settings, Verifier},
 };
@@ -37,6 +38,7 @@ pub(crate) struct Shared {
     pub(crate) realm: Option<String>,
     pub(crate) renderer: Renderer,
     pub(crate) observer: Observer,
+    pub(crate) budget: Option<FailureLedger>,
 }
 
 impl fmt::Debug for JwtAuthLayer {
@@ -62,6 +64,15 @@ pub enum JwtConfigError {
     /// outside one.
     #[error("a JWKS issuer needs a Tokio runtime: call build() inside one")]
     NoRuntime,
+    /// jsonwebtoken's process-wide crypto provider does not work: with both
+    /// of its backends compiled in (feature `aws-lc`), something used
+    /// jsonwebtoken before this crate could install one. Call
+    /// [`install_crypto_backend`](super::install_crypto_backend) first
+    /// thing in `main`.
+    #[error(
+        "jsonwebtoken has no working crypto provider; call install_crypto_backend() at start-up"
+    )]
+    CryptoProvider,
     /// The HTTP client for JWKS could not be built.
     #[cfg(feature = "jwks")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
@@ -83,6 +94,7 @@ pub struct JwtAuthBuilder {
     realm: Option<String>,
     renderer: Renderer,
     observer: Observer,
+    budget: Option<FailureBudget>,
     #[cfg(feature = "jwks")]
     jwks_options: super::JwksOptions,
     #[cfg(feature = "jwks")]
@@ -98,8 +110,10 @@ impl fmt::Debug for JwtAuthBuilder {
 }
 
 impl JwtAuthLayer {
-    /// Starts a configuration.
+    /// Starts a configuration (and installs this crate's signature backend,
+    /// see [`install_crypto_backend`](super::install_crypto_backend)).
     pub fn builder() -> JwtAuthBuilder {
+        super::install_crypto_backend();
         JwtAuthBuilder {
             issuers: Vec::new(),
             settings: Settings {
@@ -109,6 +123,8 @@ impl JwtAuthLayer {
                 required_claims: Vec::new(),
                 role_source: RoleSource::default(),
                 cache_capacity: 4096,
+                rejected_capacity: 4096,
+                rejected_ttl: Duration::from_secs(5),
                 max_token_len: 8 * 1024,
             },
             sources: TokenSources::default(),
@@ -121,6 +137,7 @@ impl JwtAuthLayer {
             realm: None,
             renderer: Renderer::default(),
             observer: Observer::default(),
+            budget: None,
             #[cfg(feature = "jwks")]
             jwks_options: super::JwksOptions::default(),
             #[cfg(feature = "jwks")]
@@ -235,6 +252,39 @@ impl JwtAuthBuilder {
         self
     }
 
+    /// Capacity of the negative cache of tokens that failed verification
+    /// (default 4096; 0 disables).
+    ///
+    /// A repeated forged, expired or otherwise invalid token then costs a
+    /// SHA-256 and a lookup instead of a signature check, and is refused
+    /// with the same error. Entries live for [`Self::negative_cache_ttl`],
+    /// and a failure that depends on the issuer's keys stops counting as
+    /// soon as the key set changes, so a key published by a JWKS refresh is
+    /// used at once. A token refused because it is not valid *yet* (`nbf`)
+    /// or lives too long is never cached: time fixes both.
+    pub fn negative_cache_capacity(mut self, entries: usize) -> Self {
+        self.settings.rejected_capacity = entries;
+        self
+    }
+
+    /// How long a failed token stays in the negative cache (default 5 s;
+    /// zero disables the cache).
+    pub fn negative_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.settings.rejected_ttl = ttl;
+        self
+    }
+
+    /// Refuses token-carrying requests with 429 once their client address
+    /// has caused `budget` failed verifications (off by default; see
+    /// [`FailureBudget`]). The address is the connection's
+    /// [`ClientAddr`](crate::connection::ClientAddr); requests without one
+    /// have no budget. Refusals are reported to the observer with the
+    /// reason `auth_failure_budget`.
+    pub fn failure_budget(mut self, budget: FailureBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
     /// Lets requests without any token through without an identity (default
     /// false); an invalid token is still refused. Use with an
     /// [`RbacLayer`](crate::rbac::RbacLayer) that marks public routes.
@@ -272,6 +322,11 @@ impl JwtAuthBuilder {
 
     /// Removes header `name` from every incoming request — for identity
     /// headers that something downstream trusts.
+    ///
+    /// This header and those of [`Self::forward_subject`] and
+    /// [`Self::forward_roles`] are removed in every spelling that swaps `-`
+    /// and `_` (`X_User_Id` for `x-user-id`): CGI, WSGI, Rack and PHP
+    /// servers read both as the same variable.
     pub fn strip_header(mut self, name: HeaderName) -> Self {
         self.stripped.push(name);
         self
@@ -338,6 +393,9 @@ impl JwtAuthBuilder {
         if self.issuers.is_empty() {
             return Err(JwtConfigError::NoIssuer);
         }
+        if !super::crypto::backend_works() {
+            return Err(JwtConfigError::CryptoProvider);
+        }
         let mut seen: Vec<Option<&str>> = Vec::new();
         for issuer in &self.issuers {
             let name = issuer.iss.as_deref();
@@ -392,6 +450,7 @@ impl JwtAuthBuilder {
                 realm: self.realm,
                 renderer: self.renderer,
                 observer: self.observer,
+                budget: self.budget.map(FailureLedger::new),
             }),
         })
     }

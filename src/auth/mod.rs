@@ -11,6 +11,8 @@
 //!   EdDSA. Every key is pinned to its algorithm family ([`JwtKey`]), so an HS
 //!   token is never checked against an RSA or EC public key; `alg: none` is
 //!   never accepted.
+//! - Signatures are checked by RustCrypto, or by aws-lc-rs with the feature
+//!   `aws-lc` (see [`install_crypto_backend`]).
 //! - Keys: static secrets and public keys (PEM/DER) with optional `kid`;
 //!   a JWKS URL or OIDC discovery, fetched by a background task and cached
 //!   (feature `jwks`). Several keys live at once, so keys rotate without
@@ -22,7 +24,12 @@
 //! - Identity headers forwarded to upstreams are first stripped from the
 //!   client's request.
 //! - A bounded cache of verified tokens makes repeat RS/ES/EdDSA tokens cost
-//!   about what HS256 costs.
+//!   about what HS256 costs; a short-lived negative cache does the same for
+//!   repeated invalid tokens.
+//! - An optional [`FailureBudget`] per client address answers 429 to an
+//!   address that keeps sending bad tokens, before any signature check.
+//! - A bad signature under a known JWKS `kid` triggers a (rate-limited)
+//!   refetch, so a key rotated under the same `kid` is picked up.
 //!
 //! # Example
 //!
@@ -66,6 +73,8 @@
 //! # Ok(()) }
 //! ```
 
+mod budget;
+mod crypto;
 mod error;
 mod future;
 mod issuer;
@@ -81,6 +90,8 @@ mod verifier;
 #[cfg(feature = "jwks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use crate::client::{HttpClientConfig, HttpClientError};
+pub use budget::FailureBudget;
+pub use crypto::install_crypto_backend;
 pub use error::AuthError;
 pub use future::ResponseFuture;
 pub use issuer::Issuer;

@@ -1,13 +1,15 @@
 use std::{
+    borrow::Cow,
     sync::Arc,
     task::{Context, Poll},
 };
 
-use http::{HeaderValue, Method, Request, Response, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use tower_service::Service;
 
 use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
 use crate::{
+    connection::ClientAddr,
     identity::Identity,
     reject::{RequestHead, ResponseBody},
 };
@@ -59,23 +61,31 @@ where
 
         // Whatever happens next, a client never gets to assert an identity
         // header to the upstream.
-        for name in &shared.stripped {
-            request.headers_mut().remove(name);
-        }
+        strip_identity_headers(&shared.stripped, request.headers_mut());
         if shared.preflight_passthrough && is_cors_preflight(&request) {
             return ResponseFuture::inner(inner.call(request));
         }
 
-        let outcome = match shared.sources.extract(request.headers(), request.uri()) {
-            Ok(None) if shared.allow_anonymous => {
+        let extracted = shared.sources.extract(request.headers(), request.uri());
+        // The budget is checked before anything looks at the token: an
+        // address that spent it costs one hash lookup per request.
+        let spent = match &extracted {
+            Ok(None) => None,
+            Ok(Some(_)) | Err(_) => budget_spent(shared, &request),
+        };
+        let outcome = match (extracted, spent) {
+            (Ok(None), _) if shared.allow_anonymous => {
                 return ResponseFuture::inner(inner.call(request));
             }
-            Ok(None) => Err(Failure::Now(AuthError::Missing)),
-            Ok(Some(token)) => shared
+            (Ok(None), _) => Err(Failure::Now(AuthError::Missing)),
+            (_, Some(retry_after)) => Err(Failure::Now(AuthError::FailureBudgetExhausted {
+                retry_after,
+            })),
+            (Ok(Some(token)), None) => shared
                 .verifier
                 .verify(&token)
-                .map_err(|failure| Failure::Retry(failure, token.into_owned())),
-            Err(error) => Err(Failure::Now(error)),
+                .map_err(|failure| Failure::Retry(failure, token)),
+            (Err(error), None) => Err(Failure::Now(error)),
         };
         match outcome {
             Ok(identity) => match admit(shared, &mut request, identity) {
@@ -88,6 +98,9 @@ where
             Err(Failure::Retry(failure, token)) => {
                 #[cfg(feature = "jwks")]
                 if let Some((updated, wait)) = failure.refresh {
+                    // Only a request that waits owns its token; a plain
+                    // refusal (a negative-cache hit, say) allocates nothing.
+                    let token = token.into_owned();
                     let shared = self.shared.clone();
                     return ResponseFuture::waiting(Box::pin(async move {
                         let verdict = shared
@@ -115,10 +128,42 @@ where
     }
 }
 
+/// Removes every header in `stripped`, in any spelling that mixes `-` and
+/// `_`. CGI (RFC 3875 §4.1.18) turns both into `_` in `HTTP_*` variables,
+/// and so do WSGI, Rack and PHP: their applications read a client's
+/// `X_User_Id` as the `X-User-Id` the gateway vouches for, so that spelling
+/// must go too. Allocates only when such a spelling is present.
+fn strip_identity_headers(stripped: &[HeaderName], headers: &mut HeaderMap) {
+    if stripped.is_empty() {
+        return;
+    }
+    for name in stripped {
+        headers.remove(name);
+    }
+    let mut doomed = Vec::new();
+    for name in headers.keys() {
+        if stripped
+            .iter()
+            .any(|s| same_but_separators(s.as_str(), name.as_str()))
+        {
+            doomed.push(name.clone());
+        }
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether two (lower-case) header names are equal once `_` is read as `-`.
+fn same_but_separators(a: &str, b: &str) -> bool {
+    let sep = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| sep(x) == sep(y))
+}
+
 /// A failed verification: refuse now, or maybe after a JWKS refresh.
-enum Failure {
+enum Failure<'a> {
     Now(AuthError),
-    Retry(VerifyFailure, String),
+    Retry(VerifyFailure, Cow<'a, str>),
 }
 
 /// Puts the verified identity (and what is derived from it) on the request.
@@ -174,11 +219,31 @@ fn admit<B>(
     Ok(())
 }
 
+/// The time until the client's failure budget window closes, if the
+/// request came from an address that spent it.
+fn budget_spent<B>(shared: &Shared, request: &Request<B>) -> Option<std::time::Duration> {
+    let ledger = shared.budget.as_ref()?;
+    let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
+    ledger.exhausted(addr.ip())
+}
+
 fn reject<B, ResBody>(
     shared: &Shared,
     request: &Request<B>,
     error: &AuthError,
 ) -> Response<ResponseBody<ResBody>> {
+    // Every refusal of a request that carried a token counts against its
+    // address's budget; a refusal by the budget itself does not, or the
+    // window would never close for a client that keeps retrying.
+    if let Some(ledger) = &shared.budget
+        && !matches!(
+            error,
+            AuthError::Missing | AuthError::FailureBudgetExhausted { .. }
+        )
+        && let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>()
+    {
+        ledger.record_failure(addr.ip());
+    }
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
     shared.observer.auth_rejected(error.reason());
     shared.renderer.respond(

@@ -4,7 +4,7 @@ use http::{Request, Response, Uri, uri::PathAndQuery};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{NormalizedPath, PathError, normalize_cow};
+use super::{NormalizedPath, PathError, is_double_encoded, normalize_cow};
 use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture};
 
 /// Normalizes request paths once, at the edge (see the [module
@@ -23,6 +23,7 @@ use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFutu
 #[derive(Debug, Clone, Default)]
 pub struct NormalizePathLayer {
     renderer: Renderer,
+    reject_double_encoding: bool,
 }
 
 impl NormalizePathLayer {
@@ -36,6 +37,30 @@ impl NormalizePathLayer {
         self.renderer = renderer;
         self
     }
+
+    /// Strict mode: refuses paths with `%25` followed by two hex digits
+    /// (`/public/%252e%252e/orders`) with 400
+    /// ([`PathError::DoubleEncoding`]). Off by default.
+    ///
+    /// For upstreams that percent-decode twice. The price: RFC 3986 §2.4
+    /// makes `%25` a literal `%`, so a legitimate path carrying `%` before
+    /// two hex digits (`/search/100%2541`) is refused too. See the [module
+    /// documentation](super).
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_gateway::path::NormalizePathLayer;
+    ///
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(NormalizePathLayer::new().reject_double_encoding(true))
+    ///     .service_fn(|req: http::Request<String>| async move {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(req.uri().path().to_owned()))
+    ///     });
+    /// ```
+    pub fn reject_double_encoding(mut self, yes: bool) -> Self {
+        self.reject_double_encoding = yes;
+        self
+    }
 }
 
 impl<S> Layer<S> for NormalizePathLayer {
@@ -45,6 +70,7 @@ impl<S> Layer<S> for NormalizePathLayer {
         NormalizePath {
             inner,
             renderer: self.renderer.clone(),
+            reject_double_encoding: self.reject_double_encoding,
         }
     }
 }
@@ -54,6 +80,7 @@ impl<S> Layer<S> for NormalizePathLayer {
 pub struct NormalizePath<S> {
     inner: S,
     renderer: Renderer,
+    reject_double_encoding: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for NormalizePath<S>
@@ -69,7 +96,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        match apply(&mut request) {
+        let checked = apply(&mut request).and_then(|path| {
+            if self.reject_double_encoding && is_double_encoded(path.as_str()) {
+                Err(PathError::DoubleEncoding)
+            } else {
+                Ok(path)
+            }
+        });
+        match checked {
             Ok(_) => ResponseFuture::inner(self.inner.call(request)),
             Err(error) => {
                 let rejection = path_rejection(error);
@@ -129,5 +163,66 @@ fn rewrite_path(uri: &mut Uri, path: &NormalizedPath) {
     parts.path_and_query = Some(pq);
     if let Ok(rebuilt) = Uri::from_parts(parts) {
         *uri = rebuilt;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::StatusCode;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    use super::*;
+
+    async fn status(layer: NormalizePathLayer, path: &str) -> (StatusCode, String) {
+        let svc =
+            ServiceBuilder::new()
+                .layer(layer)
+                .service_fn(|req: Request<String>| async move {
+                    Ok::<_, Infallible>(Response::new(req.uri().path().to_owned()))
+                });
+        let request = Request::builder().uri(path).body(String::new()).unwrap();
+        let response = svc.oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn strict_mode_refuses_double_encoding_with_400() {
+        let strict = NormalizePathLayer::new().reject_double_encoding(true);
+        for path in [
+            "/public/%252e%252e/orders",
+            "/public/%252E%252E/orders",
+            "/a/%25%32%65%25%32%65/b",
+            "/a/%2541",
+        ] {
+            let (code, body) = status(strict.clone(), path).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{path}: {body}");
+            assert!(body.contains("invalid_path"), "{path}: {body}");
+        }
+        // Legitimate neighbours pass, normalized.
+        for (path, upstream) in [
+            ("/public/%2e%2e/orders", "/orders"),
+            ("/a/%25", "/a/%25"),
+            ("/a/50%25off", "/a/50%25off"),
+        ] {
+            assert_eq!(
+                status(strict.clone(), path).await,
+                (StatusCode::OK, upstream.to_owned()),
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn double_encoding_passes_by_default_as_data() {
+        let (code, body) = status(NormalizePathLayer::new(), "/public/%252e%252e/orders").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(body, "/public/%252e%252e/orders");
     }
 }

@@ -17,6 +17,15 @@
 //! malformed percent-encoding, and `;` (which Java servlet containers treat as
 //! the start of path parameters, so `/orders;x` reaches `/orders` there).
 //!
+//! Strict mode ([`NormalizePathLayer::reject_double_encoding`], off by
+//! default) also refuses `%25` followed by two hex digits: an upstream (or a
+//! framework in front of it) that percent-decodes twice reads
+//! `/public/%252e%252e/orders` as `/public/../orders`, a path the gateway
+//! never authorized. RFC 3986 §2.4 makes `%25` plain data — a literal `%`
+//! in a file name or search term — so strict mode also refuses such
+//! legitimate paths; turn it on when an upstream decodes twice, or when no
+//! path of yours carries a literal `%` followed by two hex digits.
+//!
 //! [`NormalizePathLayer`] applies it to requests: it rejects bad paths with
 //! 400, rewrites the request URI to the normalized path (the query is kept
 //! verbatim) and stores the [`NormalizedPath`] in the request extensions, where
@@ -101,6 +110,22 @@ pub enum PathError {
     /// A byte that may not appear in a path (controls, space, non-ASCII).
     #[error("invalid character in path")]
     InvalidCharacter,
+    /// `%25` followed by two hex digits (`%252e`): an encoded
+    /// percent-encoding, refused only in strict mode
+    /// ([`NormalizePathLayer::reject_double_encoding`]).
+    #[error("double percent-encoding in path")]
+    DoubleEncoding,
+}
+
+/// Whether a normalized path holds a percent-encoded `%` that starts
+/// another percent-encoding (`%252e`, `%2541`): what an upstream that
+/// decodes twice reads as `.` or `A`. Normalization never decodes `%25`
+/// and spells kept encodings in upper case, so this is a plain search.
+pub(crate) fn is_double_encoded(normalized: &str) -> bool {
+    normalized
+        .as_bytes()
+        .windows(5)
+        .any(|w| w.starts_with(b"%25") && w[3].is_ascii_hexdigit() && w[4].is_ascii_hexdigit())
 }
 
 /// Normalizes a request path (see the [module documentation](self)).
@@ -283,6 +308,25 @@ mod tests {
         assert_eq!(n("orders"), Err(PathError::NotAbsolute));
         assert_eq!(n("/a b"), Err(PathError::InvalidCharacter));
         assert_eq!(n("/é"), Err(PathError::InvalidCharacter));
+    }
+
+    #[test]
+    fn double_encoding_is_detected_after_normalization() {
+        for (input, double) in [
+            ("/public/%252e%252e/orders", true),
+            ("/public/%252E/x", true),
+            ("/a/%2541", true),
+            // `%32%65` decodes to `2e` first: `%25` + `2e` is still found.
+            ("/a/%25%32%65", true),
+            ("/a/%25", false),
+            ("/a/%25zz", false),
+            ("/a/%25-2e", false),
+            ("/a/100%2Boff", false),
+            ("/orders", false),
+        ] {
+            let path = normalize(input).unwrap();
+            assert_eq!(is_double_encoded(path.as_str()), double, "{input}");
+        }
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! read: a request whose token was not verified has no [`Identity`], and
 //! [`Consumer`] finds no key in it.
 //!
-//! Key material from the client is length-limited and escaped, so a value
-//! cannot reach into another component, another key, or the Redis hash tag
-//! (see [`KeyBuilder`]).
+//! Key material from the client is escaped, so a value cannot reach into
+//! another component, another key, or the Redis hash tag, and an over-long
+//! value is replaced by its SHA-256 rather than truncated or dropped (see
+//! [`KeyBuilder`]).
 
 use std::{
     fmt,
@@ -26,9 +27,10 @@ use crate::{
     route::RouteTemplate,
 };
 
-/// The longest value (in bytes, before escaping) one key component may
-/// take; longer values make the key missing rather than truncated, so two
-/// long values can never share a key.
+/// The longest value (in bytes, before escaping) one key component keeps
+/// verbatim; a longer value is replaced by its SHA-256 (see
+/// [`KeyBuilder::push`]), never truncated and never swapped for another
+/// key, so two long values never share a bucket.
 pub const MAX_VALUE_LEN: usize = 256;
 
 /// The longest a whole key may grow (escaped).
@@ -112,8 +114,8 @@ pub enum KeyError {
     /// The request lacks what the extractor keys on (named here).
     #[error("no {0} to key on")]
     Missing(&'static str),
-    /// A value is longer than [`MAX_VALUE_LEN`] or the key than
-    /// [`MAX_KEY_LEN`].
+    /// A component's name is longer than [`MAX_VALUE_LEN`], or the key
+    /// would grow beyond [`MAX_KEY_LEN`] even with long values hashed.
     #[error("rate-limit key too long")]
     TooLong,
 }
@@ -142,16 +144,39 @@ impl KeyBuilder {
     /// Appends the component `name=value;`.
     ///
     /// `name` says what the value is (`sub`, `ip`, `h:x-api-key`); it is
-    /// escaped like the value. Values longer than [`MAX_VALUE_LEN`] bytes
-    /// are refused with [`KeyError::TooLong`], never truncated.
+    /// escaped like the value. A value longer than [`MAX_VALUE_LEN`] bytes,
+    /// or one whose escaped form would take the key beyond [`MAX_KEY_LEN`],
+    /// is written as `#` and the lower-case hex SHA-256 of its bytes: `#` is
+    /// always escaped in a verbatim value, so a hashed value can never spell
+    /// a verbatim one, and distinct values keep distinct keys (up to SHA-256
+    /// collisions). Names longer than [`MAX_VALUE_LEN`] are refused with
+    /// [`KeyError::TooLong`].
+    ///
+    /// ```
+    /// use tower_gateway::ratelimit::key::KeyBuilder;
+    ///
+    /// let mut a = KeyBuilder::new();
+    /// a.push("sub", "x".repeat(300).as_bytes()).unwrap();
+    /// assert!(a.as_str().starts_with("sub=#"));
+    /// let mut b = KeyBuilder::new();
+    /// b.push("sub", "y".repeat(300).as_bytes()).unwrap();
+    /// assert_ne!(a.as_str(), b.as_str());
+    /// ```
     pub fn push(&mut self, name: &str, value: &[u8]) -> Result<(), KeyError> {
-        if value.len() > MAX_VALUE_LEN || name.len() > MAX_VALUE_LEN {
+        if name.len() > MAX_VALUE_LEN {
             return Err(KeyError::TooLong);
         }
         let start = self.buf.len();
         escape_into(&mut self.buf, name.as_bytes());
         self.buf.push('=');
-        escape_into(&mut self.buf, value);
+        let value_at = self.buf.len();
+        if value.len() <= MAX_VALUE_LEN {
+            escape_into(&mut self.buf, value);
+        }
+        if value.len() > MAX_VALUE_LEN || self.buf.len() + 1 > MAX_KEY_LEN {
+            self.buf.truncate(value_at);
+            push_digest(&mut self.buf, value);
+        }
         self.buf.push(';');
         if self.buf.len() > MAX_KEY_LEN {
             self.buf.truncate(start);
@@ -182,6 +207,18 @@ impl KeyBuilder {
 
     pub(crate) fn into_string(self) -> String {
         self.buf
+    }
+}
+
+/// `#` and the hex SHA-256 of `bytes`: what stands for a value too long to
+/// keep verbatim.
+fn push_digest(out: &mut String, bytes: &[u8]) {
+    use sha2::{Digest, Sha256};
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('#');
+    for b in Sha256::digest(bytes) {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
 }
 
@@ -665,16 +702,42 @@ mod tests {
     }
 
     #[test]
-    fn long_values_are_refused() {
-        let mut k = KeyBuilder::new();
+    fn long_values_are_hashed_not_truncated() {
+        let key = |value: &[u8]| {
+            let mut k = KeyBuilder::new();
+            k.push("v", value).unwrap();
+            k.into_string()
+        };
+        let a = key(&[b'a'; MAX_VALUE_LEN + 1]);
+        assert_eq!(a.len(), "v=#;".len() + 64, "{a}");
+        assert!(a.starts_with("v=#"), "{a}");
+        assert_eq!(a, key(&[b'a'; MAX_VALUE_LEN + 1]));
+        // Same prefix, different tail: a truncating key would collide.
+        let mut b = vec![b'a'; MAX_VALUE_LEN + 1];
+        b[MAX_VALUE_LEN] = b'b';
+        assert_ne!(a, key(&b));
+        // A value at the limit stays verbatim.
         assert_eq!(
-            k.push("v", &[b'a'; MAX_VALUE_LEN + 1]),
-            Err(KeyError::TooLong)
+            key(&[b'a'; MAX_VALUE_LEN]),
+            format!("v={};", "a".repeat(256))
         );
+        // `#` in a verbatim value is escaped: no value spells a digest.
+        assert!(key(&a.as_bytes()[2..a.len() - 1]).starts_with("v=%23"));
+        // Values whose escaped form would overflow the key are hashed too.
+        let mut k = KeyBuilder::new();
         for _ in 0..3 {
-            k.push("v", &[b'%'; MAX_VALUE_LEN]).ok();
+            k.push("v", &[b'%'; MAX_VALUE_LEN]).unwrap();
         }
         assert!(k.as_str().len() <= MAX_KEY_LEN);
+        assert!(
+            k.as_str().ends_with(';') && k.as_str().contains("v=#"),
+            "{}",
+            k.as_str()
+        );
+        assert_eq!(
+            KeyBuilder::new().push(&"n".repeat(MAX_VALUE_LEN + 1), b"v"),
+            Err(KeyError::TooLong)
+        );
     }
 
     #[test]

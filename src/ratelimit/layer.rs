@@ -36,7 +36,8 @@ pub enum FailurePolicy {
 
 /// What the layer does with a request it cannot build a key for (no
 /// verified identity for [`Consumer`](super::Consumer), no header for
-/// [`Header`](super::Header), a value that is too long).
+/// [`Header`](super::Header), a key that would exceed
+/// [`MAX_KEY_LEN`](super::key::MAX_KEY_LEN) even with long values hashed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum MissingKey {

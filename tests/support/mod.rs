@@ -75,6 +75,9 @@ fn generate() -> Keys {
 
 /// Keys shared by every test of one test binary (generated once).
 pub fn keys() -> &'static Keys {
+    // Before anything uses jsonwebtoken: with both of its backends compiled
+    // in (`--all-features`), it cannot pick one itself.
+    tower_gateway::auth::install_crypto_backend();
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(generate)
 }
@@ -124,6 +127,7 @@ pub fn mint(alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
 }
 
 pub fn mint_with(key: &EncodingKey, alg: Algorithm, kid: Option<&str>, claims: &Value) -> String {
+    tower_gateway::auth::install_crypto_backend();
     let mut header = Header::new(alg);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, claims, key).unwrap()
@@ -131,6 +135,7 @@ pub fn mint_with(key: &EncodingKey, alg: Algorithm, kid: Option<&str>, claims: &
 
 /// The public JWK of a private key, with `kid` and `alg` set.
 pub fn jwk(key: &EncodingKey, alg: Algorithm, kid: &str) -> Value {
+    tower_gateway::auth::install_crypto_backend();
     let mut jwk: Jwk = Jwk::from_encoding_key(key, alg).unwrap();
     jwk.common.key_id = Some(kid.to_owned());
     serde_json::to_value(jwk).unwrap()

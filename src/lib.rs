@@ -48,11 +48,15 @@
 //! | feature | default | enables |
 //! | --- | --- | --- |
 //! | `jwt` | yes | [`auth`] with static keys |
+//! | `aws-lc` | yes | JWT signatures verified with aws-lc-rs (4-8x faster for RSA and ECDSA than the pure-Rust RustCrypto backend used without it) |
 //! | `jwks` | yes | JWKS / OIDC discovery for [`auth`] (hyper client, rustls) |
 //! | `rbac` | yes | [`rbac`] |
 //! | `metrics` | yes | [`metrics`] (prometheus-client) |
 //! | `ratelimit` | yes | [`ratelimit`] with the local limiter (governor) |
+//! | `discovery`, `proxy` | yes | [`discovery`] and the reverse [`proxy`] |
+//! | `tls` | yes | [`tls`]: mTLS servers and clients (rustls) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
+//! | `consul` | no | Consul discovery and registration |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

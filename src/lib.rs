@@ -48,7 +48,8 @@
 //! | feature | default | enables |
 //! | --- | --- | --- |
 //! | `jwt` | yes | [`auth`] with static keys |
-//! | `aws-lc` | yes | JWT signatures verified with aws-lc-rs (4-8x faster for RSA and ECDSA than the pure-Rust RustCrypto backend used without it) |
+//! | `aws-lc` | yes | JWT signatures verified with aws-lc-rs (4-8x faster for RSA and ECDSA than RustCrypto) |
+//! | `rust-crypto` | no | JWT signatures verified with pure-Rust RustCrypto, instead of aws-lc (`jwt` needs one of the two) |
 //! | `jwks` | yes | JWKS / OIDC discovery for [`auth`] (hyper client, rustls) |
 //! | `rbac` | yes | [`rbac`] |
 //! | `metrics` | yes | [`metrics`] (prometheus-client) |

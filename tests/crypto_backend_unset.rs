@@ -1,8 +1,9 @@
-//! With both of jsonwebtoken's backends compiled in (feature `aws-lc`), a
+//! With both of jsonwebtoken's backends compiled in (features `aws-lc` and
+//! `rust-crypto`, as under `--all-features`), a
 //! program that uses jsonwebtoken before building a layer fixes
 //! jsonwebtoken's panicking placeholder provider. The layer then refuses to
 //! build, with a typed error, instead of panicking on every request.
-#![cfg(feature = "aws-lc")]
+#![cfg(all(feature = "aws-lc", feature = "rust-crypto"))]
 
 use jsonwebtoken::{EncodingKey, Header};
 use tower_gateway::auth::{Issuer, JwtAuthLayer, JwtConfigError, JwtKey};

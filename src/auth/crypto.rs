@@ -1,11 +1,11 @@
 //! Which jsonwebtoken backend checks signatures.
 //!
 //! jsonwebtoken 11 routes all signing and verification through one
-//! process-wide `CryptoProvider`. With exactly one backend compiled in it
-//! picks that one; with both (`rust_crypto`, always on here, and
-//! `aws_lc_rs`, feature `aws-lc` — so every `--all-features` build) it
-//! cannot choose and installs a provider whose every call panics. This
-//! crate therefore installs its backend explicitly.
+//! process-wide `CryptoProvider`. With exactly one backend compiled in
+//! (feature `aws-lc`, the default, or `rust-crypto`) it picks that one;
+//! with both (every `--all-features` build) it cannot choose and installs
+//! a provider whose every call panics. This crate therefore installs its
+//! backend explicitly (aws-lc when both are on).
 
 use std::sync::Once;
 
@@ -37,12 +37,17 @@ pub fn install_crypto_backend() {
     });
 }
 
+#[cfg(not(any(feature = "aws-lc", feature = "rust-crypto")))]
+compile_error!(
+    "tower-gateway's `jwt` feature needs a signature backend: enable `aws-lc` (the default) or `rust-crypto`"
+);
+
 fn backend() -> &'static CryptoProvider {
     #[cfg(feature = "aws-lc")]
     {
         &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER
     }
-    #[cfg(not(feature = "aws-lc"))]
+    #[cfg(all(feature = "rust-crypto", not(feature = "aws-lc")))]
     {
         &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER
     }

@@ -11,8 +11,9 @@
 //!   EdDSA. Every key is pinned to its algorithm family ([`JwtKey`]), so an HS
 //!   token is never checked against an RSA or EC public key; `alg: none` is
 //!   never accepted.
-//! - Signatures are checked by RustCrypto, or by aws-lc-rs with the feature
-//!   `aws-lc` (see [`install_crypto_backend`]).
+//! - Signatures are checked by aws-lc-rs (feature `aws-lc`, the default) or
+//!   by the pure-Rust RustCrypto (feature `rust-crypto`); see
+//!   [`install_crypto_backend`].
 //! - Keys: static secrets and public keys (PEM/DER) with optional `kid`;
 //!   a JWKS URL or OIDC discovery, fetched by a background task and cached
 //!   (feature `jwks`). Several keys live at once, so keys rotate without

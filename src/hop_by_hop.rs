@@ -130,7 +130,11 @@ mod tests {
 
     #[test]
     fn fixed_removal_keeps_headers_named_in_connection() {
-        let mut h = map(&[("connection", "x-user-id"), ("x-user-id", "alice"), ("te", "gzip")]);
+        let mut h = map(&[
+            ("connection", "x-user-id"),
+            ("x-user-id", "alice"),
+            ("te", "gzip"),
+        ]);
         remove_fixed(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         assert_eq!(names, ["x-user-id"]);

@@ -16,8 +16,7 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::{
-    ForwardedHeaders, ProxyBody, RouteMatch, RouteTable, UpstreamBody,
-    headers::add_forwarding,
+    ForwardedHeaders, ProxyBody, RouteMatch, RouteTable, UpstreamBody, headers::add_forwarding,
     retry::Replayable,
 };
 use crate::connection::ClientAddr;

@@ -30,6 +30,13 @@ pub enum RejectionKind {
     /// A rate limit is exhausted: 429 with `Retry-After`, gRPC
     /// `RESOURCE_EXHAUSTED`.
     TooManyRequests,
+    /// The client stopped sending its request (the server's progress
+    /// timeout): 408, gRPC `DEADLINE_EXCEEDED`.
+    RequestTimeout,
+    /// The request uses a feature the gateway does not implement (a
+    /// transfer coding other than `chunked`, RFC 9112 §6.1): 501, gRPC
+    /// `UNIMPLEMENTED`.
+    NotImplemented,
     /// The upstream answered in a way the gateway cannot use: 502, gRPC
     /// `UNAVAILABLE`.
     BadGateway,
@@ -50,6 +57,8 @@ impl RejectionKind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -62,7 +71,10 @@ impl RejectionKind {
             Self::BadRequest => GrpcCode::InvalidArgument,
             Self::Unauthenticated => GrpcCode::Unauthenticated,
             Self::Forbidden => GrpcCode::PermissionDenied,
-            Self::NotFound | Self::MethodNotAllowed => GrpcCode::Unimplemented,
+            Self::NotFound | Self::MethodNotAllowed | Self::NotImplemented => {
+                GrpcCode::Unimplemented
+            }
+            Self::RequestTimeout => GrpcCode::DeadlineExceeded,
             Self::TooManyRequests | Self::HeadersTooLarge => GrpcCode::ResourceExhausted,
             Self::BadGateway | Self::Unavailable => GrpcCode::Unavailable,
             Self::GatewayTimeout => GrpcCode::DeadlineExceeded,

@@ -47,9 +47,9 @@ pub struct Limits {
     /// [`RequestBodyTimeout`](crate::connection::RequestBodyTimeout)), or
     /// stop reading the response (the connection is closed).
     pub progress_timeout: Duration,
-    /// The largest request head (default 32 KiB): HTTP/1.1 request line
-    /// and headers (hyper's read buffer, at least 8 KiB), HTTP/2 header
-    /// list. Larger heads are answered 431.
+    /// The largest request head (default 16 KiB, hyper's HTTP/2 default):
+    /// HTTP/1.1 request line and headers (hyper's read buffer, at least
+    /// 8 KiB), HTTP/2 header list. Larger heads are answered 431.
     pub max_head_bytes: usize,
     /// Concurrent streams per HTTP/2 connection at most (default 256).
     pub max_concurrent_streams: u32,
@@ -67,7 +67,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_connections_per_ip: 128,
             progress_timeout: Duration::from_secs(30),
-            max_head_bytes: 32 * 1024,
+            max_head_bytes: 16 * 1024,
             max_concurrent_streams: 256,
             shutdown_timeout: Duration::from_secs(30),
         }

@@ -135,10 +135,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if let Err(rejection) = check(&request) {
+        if let Err(refusal) = check(&request) {
             return ResponseFuture::rejected(
                 self.renderer
-                    .respond(&rejection, &RequestHead::of(&request)),
+                    .respond(&refusal.rejection(), &RequestHead::of(&request)),
             );
         }
         let upgrade = is_upgrade(request.headers());
@@ -147,8 +147,35 @@ where
     }
 }
 
-/// Why a request may not enter; a few header lookups.
-fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
+/// Why a request may not enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    TransferCoding,
+    UserInfo,
+    Host,
+}
+
+impl Refusal {
+    fn rejection(self) -> Rejection {
+        match self {
+            Self::TransferCoding => Rejection::new(
+                RejectionKind::NotImplemented,
+                "unsupported_transfer_coding",
+                "only the chunked transfer coding is supported",
+            ),
+            Self::UserInfo => Rejection::bad_request(
+                "userinfo_in_target",
+                "the request target must not carry user info",
+            ),
+            Self::Host => {
+                Rejection::bad_request("invalid_host", "missing, repeated or invalid Host")
+            }
+        }
+    }
+}
+
+/// Checks the request head; a few header lookups.
+fn check<B>(request: &Request<B>) -> Result<(), Refusal> {
     let headers = request.headers();
     let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
     if let Some(first) = codings.next() {
@@ -158,11 +185,7 @@ fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"chunked");
         if !chunked_only {
-            return Err(Rejection::new(
-                RejectionKind::NotImplemented,
-                "unsupported_transfer_coding",
-                "only the chunked transfer coding is supported",
-            ));
+            return Err(Refusal::TransferCoding);
         }
     }
     if request
@@ -170,10 +193,7 @@ fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
         .authority()
         .is_some_and(|authority| authority.as_str().contains('@'))
     {
-        return Err(Rejection::bad_request(
-            "userinfo_in_target",
-            "the request target must not carry user info",
-        ));
+        return Err(Refusal::UserInfo);
     }
     let mut hosts = headers.get_all(header::HOST).iter();
     let valid = match (hosts.next(), hosts.next()) {
@@ -187,14 +207,7 @@ fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
         // HTTP/2 carries `:authority` in the URI; HTTP/1.0 may omit `Host`.
         (None, _) => request.version() != Version::HTTP_11,
     };
-    if valid {
-        Ok(())
-    } else {
-        Err(Rejection::bad_request(
-            "invalid_host",
-            "missing, repeated or invalid Host",
-        ))
-    }
+    if valid { Ok(()) } else { Err(Refusal::Host) }
 }
 
 #[cfg(test)]
@@ -210,7 +223,7 @@ mod tests {
     }
 
     fn status(request: &Request<()>) -> u16 {
-        check(request).map_or_else(|r| r.status().as_u16(), |()| 200)
+        check(request).map_or_else(|r| r.rejection().status().as_u16(), |()| 200)
     }
 
     #[test]

@@ -358,6 +358,68 @@ async fn one_ip_at_its_cap_does_not_lock_out_another() {
 }
 
 #[tokio::test]
+async fn upgraded_connections_still_count_against_the_per_ip_cap() {
+    // Upgrades to an echo protocol; plain requests get 200.
+    let service = tower::service_fn(|mut request: Request<server::Body>| async move {
+        if !request.headers().contains_key("upgrade") {
+            return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("plain"))));
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut response = Response::new(Full::default());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        response
+            .headers_mut()
+            .insert("connection", http::HeaderValue::from_static("upgrade"));
+        response
+            .headers_mut()
+            .insert("upgrade", http::HeaderValue::from_static("echo"));
+        Ok(response)
+    });
+    let addr = spawn(server::serve(bind().await, service).max_connections_per_ip(1));
+    let mut upgraded = connect_from([127, 0, 0, 1], addr).await;
+    upgraded
+        .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut upgraded).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    upgraded.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    within("echo", upgraded.read_exact(&mut echoed))
+        .await
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+    // The upgraded connection holds the IP's only slot.
+    let text = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(text, "", "served beyond the per-IP cap");
+    // Closed, it frees the slot.
+    drop(upgraded);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+        BOUND,
+    )
+    .await;
+    assert!(text.ends_with("plain"), "{text}");
+}
+
+#[tokio::test]
 async fn connections_beyond_the_cap_wait_for_a_slot() {
     let addr = spawn(
         server::serve(bind().await, echo())

@@ -32,6 +32,7 @@ use super::{
     body::Body,
     edge::Edge,
     io::ProgressIo,
+    serve::Slots,
     shutdown::{Signals, cut, draining},
 };
 use crate::{
@@ -124,6 +125,7 @@ pub(crate) async fn serve_connection<S, B>(
     remote: SocketAddr,
     service: S,
     shared: Arc<Shared>,
+    slots: Slots,
 ) where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -151,7 +153,7 @@ pub(crate) async fn serve_connection<S, B>(
         },
         () = draining(&mut drain) => return,
     }
-    let io = ProgressIo::new(tcp, limits.progress_timeout);
+    let io = ProgressIo::new(tcp, limits.progress_timeout, slots);
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.acceptor {
         let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));

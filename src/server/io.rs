@@ -8,6 +8,8 @@ use std::{
 };
 
 use pin_project_lite::pin_project;
+
+use super::serve::Slots;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::{Instant, Sleep},
@@ -22,10 +24,15 @@ pin_project! {
     ///
     /// Reads are untouched: how long a client may take to send is bounded
     /// by the header and body timeouts.
+    ///
+    /// It also holds the connection's slots (overall and per IP), so that
+    /// an upgraded connection (WebSocket), which outlives hyper's, still
+    /// counts against the caps.
     #[derive(Debug)]
     pub(crate) struct ProgressIo<T> {
         #[pin]
         inner: T,
+        _slots: Slots,
         timeout: Duration,
         // Created on the first stalled write, then reset; one per
         // connection at most.
@@ -35,9 +42,10 @@ pin_project! {
 }
 
 impl<T> ProgressIo<T> {
-    pub(crate) fn new(inner: T, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: T, timeout: Duration, slots: Slots) -> Self {
         Self {
             inner,
+            _slots: slots,
             timeout,
             stall: None,
             stalled: false,

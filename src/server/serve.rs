@@ -17,7 +17,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tower_service::Service;
 
 use super::{
@@ -289,13 +292,17 @@ where
             );
             continue;
         };
-        let service = service.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            serve_connection(tcp, remote, service, shared).await;
-            drop(ip_slot);
-            drop(slot);
-        });
+        let slots = Slots {
+            _all: slot,
+            _ip: ip_slot,
+        };
+        tokio::spawn(serve_connection(
+            tcp,
+            remote,
+            service.clone(),
+            shared.clone(),
+            slots,
+        ));
     }
     // New connections are refused from here on.
     drop(listener);
@@ -313,6 +320,13 @@ fn is_connection_error(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+/// A connection's places under the caps, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    _all: OwnedSemaphorePermit,
+    _ip: IpSlot,
 }
 
 /// Open connections per client IP address.

@@ -71,6 +71,7 @@ pub mod connection;
 #[cfg(feature = "discovery")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;
+#[cfg(any(feature = "server", feature = "proxy"))]
 pub(crate) mod hop_by_hop;
 pub mod identity;
 #[cfg(feature = "metrics")]

@@ -96,6 +96,12 @@ impl<S> Serve<S, Pending<()>> {
     /// in-flight requests finish until the
     /// [shutdown timeout](Self::shutdown_timeout), then closes what is
     /// left; the loop completes with a [`ShutdownReport`].
+    ///
+    /// Upgraded connections (WebSocket) belong to the service once
+    /// switched: they count against the connection caps while open, but
+    /// are neither asked to finish nor cut. Dropping the running loop
+    /// (aborting its task) stops accepting and asks connections to finish,
+    /// with no deadline.
     pub fn with_graceful_shutdown<F>(self, signal: F) -> Serve<S, F>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -158,6 +164,12 @@ impl<S, F> Serve<S, F> {
     /// See [`Limits::max_head_bytes`].
     pub fn max_head_bytes(mut self, max: usize) -> Self {
         self.limits.max_head_bytes = max;
+        self
+    }
+
+    /// See [`Limits::max_concurrent_streams`].
+    pub fn max_concurrent_streams(mut self, max: u32) -> Self {
+        self.limits.max_concurrent_streams = max;
         self
     }
 

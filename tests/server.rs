@@ -501,6 +501,32 @@ async fn stalled_upload_fails_with_request_body_timeout() {
 }
 
 #[tokio::test]
+async fn a_reader_pausing_longer_than_the_progress_timeout_is_no_stall() {
+    // Polls the body once, pauses for twice the timeout (as a proxy waiting
+    // for upstream capacity would), then reads on.
+    let service = tower::service_fn(|request: Request<server::Body>| async move {
+        let mut body = request.into_body();
+        let first = tokio::time::timeout(Duration::from_millis(20), body.frame()).await;
+        assert!(first.is_err(), "the client sends its body later");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let rest = body.collect().await?.to_bytes();
+        Ok::<_, BoxError>(Response::new(Full::new(rest)))
+    });
+    let addr =
+        spawn(server::serve(bind().await, service).progress_timeout(Duration::from_millis(300)));
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(b"hello").await.unwrap();
+    let text = read_all(&mut stream, BOUND).await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    assert!(text.ends_with("hello"), "{text}");
+}
+
+#[tokio::test]
 async fn service_failing_on_a_stalled_upload_answers_408() {
     let addr = spawn(
         server::serve(bind().await, body_reader()).progress_timeout(Duration::from_millis(300)),

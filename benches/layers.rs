@@ -32,17 +32,24 @@ fn layers(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let inner = tower::service_fn(|_req: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-    });
+    fn inner<B>() -> impl tower::Service<
+        Request<B>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future: Send,
+    > + Clone {
+        tower::service_fn(|_req: Request<B>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        })
+    }
     let metrics = GatewayMetrics::default();
-    let mut bare = inner;
+    let mut bare = inner();
     let mut with_breaker = ServiceBuilder::new()
         .layer(CircuitBreakerLayer::new("orders", CircuitConfig::default()))
-        .service(inner);
+        .service(inner());
     let mut with_metrics = ServiceBuilder::new()
         .layer(MetricsLayer::new(&metrics))
-        .service(inner);
+        .service(inner());
 
     let mut g = c.benchmark_group("layers");
     g.bench_function("reference_bare_service", |b| {

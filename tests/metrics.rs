@@ -40,15 +40,11 @@ fn label_values(text: &str, name: &str, label: &str) -> HashSet<String> {
         .collect()
 }
 
-fn status_service(
+fn status_service<B: Send + 'static>(
     route: Option<&'static str>,
-) -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Full<Bytes>>,
-    Error = Infallible,
-    Future: Send,
-> + Clone {
-    tower::service_fn(move |req: Request<Full<Bytes>>| async move {
+) -> impl tower::Service<Request<B>, Response = Response<Full<Bytes>>, Error = Infallible, Future: Send>
++ Clone {
+    tower::service_fn(move |req: Request<B>| async move {
         let _ = route;
         let code: u16 = req
             .uri()
@@ -178,7 +174,7 @@ async fn grpc_calls_are_labelled_with_service_method_and_final_status() {
     let svc = ServiceBuilder::new()
         .map_request(with_route("grpc"))
         .layer(MetricsLayer::new(&metrics))
-        .service(tower::service_fn(|req: Request<Full<Bytes>>| async move {
+        .service(tower::service_fn(|req: Request<_>| async move {
             let code = if req.uri().path().ends_with("Fail") {
                 "14"
             } else {
@@ -321,5 +317,42 @@ async fn consumers_are_counted_with_metrics_outside_auth() {
     assert_eq!(
         label_values(&text, "gateway_consumer_requests_total", "consumer").len(),
         2
+    );
+}
+
+#[tokio::test]
+async fn request_size_counts_bytes_read_not_the_declared_length() {
+    let metrics = GatewayMetrics::default();
+    // The inner service reads the body of `/read` and answers `/early`
+    // without reading it (as a 401 would).
+    let svc = ServiceBuilder::new()
+        .map_request(with_route("/upload"))
+        .layer(MetricsLayer::new(&metrics))
+        .service(tower::service_fn(
+            |req: Request<tower_gateway::metrics::MetricsRequestBody<Full<Bytes>>>| async move {
+                if req.uri().path() == "/read" {
+                    let _ = req.into_body().collect().await;
+                }
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            },
+        ));
+    for (path, declared) in [("/read", "5"), ("/early", "9000000000000000000")] {
+        let req = Request::post(path)
+            .header("content-length", declared)
+            .body(Full::new(Bytes::from_static(b"hello")))
+            .unwrap();
+        let resp = svc.clone().oneshot(req).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let text = metrics.encode();
+    let labels = "{route=\"/upload\",method=\"POST\"}";
+    assert_eq!(
+        sample(&text, &format!("gateway_request_size_bytes_sum{labels}")),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &format!("gateway_request_size_bytes_count{labels}")),
+        Some(2.0)
     );
 }

@@ -91,11 +91,7 @@ async fn watcher(double: &ConsulDouble) -> ConsulDiscoveryService {
 }
 
 fn proxy(orders: &ConsulDiscoveryService) -> Proxy {
-    let upstream = Upstream::new("orders", orders.watch())
-        // New instances get traffic at once (see `Upstream::default_rtt`).
-        .default_rtt(Duration::from_micros(100))
-        .build()
-        .unwrap();
+    let upstream = Upstream::new("orders", orders.watch()).build().unwrap();
     Proxy::new(
         &RouteTable::builder()
             .route(Route::prefix("/"), upstream)

@@ -2,7 +2,10 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -165,6 +168,7 @@ struct Record {
     consumer: Option<Arc<str>>,
     status: u16,
     response_bytes: u64,
+    request_bytes: Option<Arc<AtomicU64>>,
     done: bool,
 }
 
@@ -179,6 +183,13 @@ impl Record {
         f.response_size
             .get_or_create(&self.labels)
             .observe(self.response_bytes as f64);
+        let request_bytes = self
+            .request_bytes
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
+        f.request_size
+            .get_or_create(&self.labels)
+            .observe(request_bytes as f64);
         if let Some(grpc) = self.grpc.take() {
             // A stream that ended without a status was cut off.
             let status = self.grpc_status.unwrap_or("CANCELLED");
@@ -261,7 +272,7 @@ impl Drop for Record {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Metrics<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<MetricsRequestBody<ReqBody>>, Response = Response<ResBody>>,
     ReqBody: Body,
 {
     type Response = Response<MetricsBody<ResBody>>;
@@ -298,7 +309,7 @@ impl<S> Metrics<S> {
         route: Arc<str>,
     ) -> ResponseFuture<S::Future>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        S: Service<Request<MetricsRequestBody<ReqBody>>, Response = Response<ResBody>>,
         ReqBody: Body,
     {
         let metrics = self.layer.metrics.clone();
@@ -309,19 +320,14 @@ impl<S> Metrics<S> {
         };
         let in_flight = inner.families.in_flight.get_or_create_owned(&labels);
         in_flight.inc();
-        let size = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .or_else(|| request.body().size_hint().exact());
-        if let Some(size) = size {
-            inner
-                .families
-                .request_size
-                .get_or_create(&labels)
-                .observe(size as f64);
-        }
+        // The bytes the client actually sent, counted as the body is read
+        // (a declared `Content-Length` is the client's claim, not a fact).
+        let request_bytes = (!request.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let counter = request_bytes.clone();
+        let request = request.map(|body| MetricsRequestBody {
+            body,
+            bytes: counter,
+        });
         let grpc = if is_grpc_request(request.headers()) {
             grpc_names(request.uri().path()).map(|(service, method)| {
                 let capped = inner.grpc_methods.get(&format!("{service}/{method}"));
@@ -359,6 +365,7 @@ impl<S> Metrics<S> {
             consumer,
             status: 0,
             response_bytes: 0,
+            request_bytes,
             done: false,
         };
         ResponseFuture {
@@ -466,6 +473,49 @@ where
                 }
                 None => record.finish(),
             }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project! {
+    /// A request body that counts the bytes the client sent, for
+    /// `gateway_request_size_bytes`.
+    pub struct MetricsRequestBody<B> {
+        #[pin]
+        body: B,
+        bytes: Option<Arc<AtomicU64>>,
+    }
+}
+
+impl<B> fmt::Debug for MetricsRequestBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsRequestBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for MetricsRequestBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        if let (Some(Ok(frame)), Some(bytes)) = (&frame, this.bytes.as_ref())
+            && let Some(data) = frame.data_ref()
+        {
+            bytes.fetch_add(bytes::Buf::remaining(data) as u64, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }

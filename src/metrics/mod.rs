@@ -43,5 +43,5 @@ mod layer;
 mod registry;
 
 pub use handler::{MetricsHandler, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
-pub use layer::{Metrics, MetricsBody, MetricsLayer, ResponseFuture};
+pub use layer::{Metrics, MetricsBody, MetricsLayer, MetricsRequestBody, ResponseFuture};
 pub use registry::{DEFAULT_LATENCY_BUCKETS, DEFAULT_SIZE_BUCKETS, GatewayMetrics, MetricsConfig};

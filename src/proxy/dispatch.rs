@@ -17,10 +17,9 @@ use tower_service::Service;
 
 use super::{
     ForwardedHeaders, ProxyBody, RouteMatch, RouteTable, UpstreamBody, headers::add_forwarding,
-    retry::Replayable,
 };
 use crate::connection::ClientAddr;
-use crate::hop_by_hop::{is_upgrade, remove_hop_by_hop};
+use crate::hop_by_hop::{is_upgrade, remove_fixed, remove_hop_by_hop};
 use crate::reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody};
 
 /// Forwards requests to the upstream of their route (see the [module
@@ -127,12 +126,6 @@ where
         .boxed_unsync()
 }
 
-pub(crate) fn empty_body() -> ProxyBody {
-    http_body_util::Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
 impl<B> Service<Request<B>> for Proxy
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -206,6 +199,10 @@ where
             );
         };
         let upstream = upstream.clone();
+        let timeout = match route.request_timeout() {
+            Some(limit) => limit.min(upstream.request_timeout()),
+            None => upstream.request_timeout(),
+        };
 
         if route.strips_prefix() {
             strip_prefix(request.uri_mut(), route.prefix_str());
@@ -214,15 +211,23 @@ where
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         // RFC 9112 §3.2.2: for an absolute-form target (and HTTP/2's
         // `:authority`) the URI's authority is the host; a `Host` header
-        // beside it is ignored — as the route table does.
-        let original_host = request
-            .uri()
-            .authority()
-            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
-            .or_else(|| request.headers().get(header::HOST).cloned());
+        // beside it is ignored — as the route table does. User info is
+        // never part of it.
+        let original_host = match request.uri().host() {
+            Some(host) => {
+                let value = match request.uri().port_u16() {
+                    Some(port) => http::HeaderValue::try_from(format!("{host}:{port}")),
+                    None => http::HeaderValue::from_str(host),
+                };
+                value.ok()
+            }
+            None => request.headers().get(header::HOST).cloned(),
+        };
         let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
         let headers = request.headers_mut();
-        remove_hop_by_hop(headers, upgrade);
+        // The edge removed what the client named in `Connection` before any
+        // layer ran; removing it here would remove what the layers set.
+        remove_fixed(headers, upgrade);
         add_forwarding(
             headers,
             self.forwarded,
@@ -230,61 +235,28 @@ where
             if self.https { "https" } else { "http" },
             original_host.as_ref(),
         );
-        // hyper-util sets `Host` from the upstream URI when absent.
+        // The upstream gets its endpoint's authority as `Host`, unless the
+        // client's is preserved.
         headers.remove(header::HOST);
         if self.preserve_host
-            && let Some(host) = &original_host
+            && let Some(host) = original_host
         {
-            headers.insert(header::HOST, host.clone());
-        }
-        if request.body().size_hint().exact() == Some(0) && !upgrade {
-            request.extensions_mut().insert(Replayable);
+            headers.insert(header::HOST, host);
         }
         let request: Request<ProxyBody> = request.map(box_body);
-
-        match route.request_timeout() {
-            None => Box::pin(forward(upstream, request, client_upgrade)),
-            Some(limit) => {
-                let renderer = self.renderer.clone();
-                let head = super::upstream::Head::of(&request);
-                Box::pin(async move {
-                    match tokio::time::timeout(limit, forward(upstream, request, client_upgrade))
-                        .await
-                    {
-                        Ok(result) => result,
-                        Err(_) => {
-                            let rejection = Rejection::new(
-                                RejectionKind::GatewayTimeout,
-                                "upstream_timeout",
-                                "the upstream did not answer in time",
-                            );
-                            Ok(head.respond(&renderer, &rejection))
-                        }
-                    }
-                })
+        Box::pin(async move {
+            let mut response = upstream.send(request, timeout).await;
+            if let Some(client_upgrade) = client_upgrade
+                && response.status() == StatusCode::SWITCHING_PROTOCOLS
+            {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+            } else {
+                remove_hop_by_hop(response.headers_mut(), false);
             }
-        }
+            Ok(response)
+        })
     }
-}
-
-/// Sends the request upstream once the upstream is ready; on
-/// `101 Switching Protocols` splices the two upgraded connections.
-async fn forward(
-    mut upstream: super::UpstreamService,
-    request: Request<ProxyBody>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Result<Response<ResponseBody<UpstreamBody>>, Infallible> {
-    std::future::poll_fn(|cx| upstream.poll_ready(cx)).await?;
-    let mut response = upstream.call(request).await?;
-    if let Some(client_upgrade) = client_upgrade
-        && response.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-    } else {
-        remove_hop_by_hop(response.headers_mut(), false);
-    }
-    Ok(response)
 }
 
 /// Copies bytes both ways between an upgraded client connection and the

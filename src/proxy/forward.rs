@@ -3,23 +3,26 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, uri::Scheme};
+use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::{
-    client::legacy::{Client, ResponseFuture, connect::HttpConnector},
+    client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tower_service::Service;
 
 /// The request body inside the proxy: the caller's body, boxed once so
 /// every layer of the upstream stack (retry, buffer, balancer) has one type.
@@ -40,16 +43,43 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
-/// A pooled client for one upstream.
-pub(crate) fn client(
+/// HTTP/2 connections per endpoint (lanes): each request takes the lane
+/// with the fewest streams open, so streams a few clients hold (stalled
+/// uploads, unread downloads) fill one connection's share at most, and a
+/// single connection's stream limit never caps the endpoint.
+pub(crate) const HTTP2_LANES: usize = 8;
+
+/// Per-stream receive window towards HTTP/2 upstreams. The connection
+/// window is [`HTTP2_STREAMS_PER_WINDOW`] times larger, so unread
+/// responses exhaust a connection's window only when that many of them
+/// share it, not a handful (hyper's defaults are 2 MiB and 5 MiB: three
+/// unread downloads stall every other response on the connection).
+const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+const HTTP2_STREAMS_PER_WINDOW: u32 = 64;
+
+/// The pooled clients for one upstream: one for HTTP/1.1 (its pool holds a
+/// connection per request in flight), [`HTTP2_LANES`] for HTTP/2.
+pub(crate) fn clients(
     connector: Connector,
     protocol: UpstreamProtocol,
-) -> Client<Connector, ProxyBody> {
+) -> Box<[Client<Connector, SendBody>]> {
     let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(60))
-        .http2_only(protocol == UpstreamProtocol::Http2);
-    builder.build(connector)
+    builder.pool_idle_timeout(Duration::from_secs(60));
+    let lanes = match protocol {
+        UpstreamProtocol::Http1 => 1,
+        UpstreamProtocol::Http2 => {
+            builder
+                .http2_only(true)
+                .http2_initial_stream_window_size(HTTP2_STREAM_WINDOW)
+                .http2_initial_connection_window_size(
+                    HTTP2_STREAM_WINDOW * HTTP2_STREAMS_PER_WINDOW,
+                );
+            HTTP2_LANES
+        }
+    };
+    (0..lanes)
+        .map(|_| builder.build(connector.clone()))
+        .collect()
 }
 
 /// A plain connector (no client certificate; public roots are not trusted
@@ -72,17 +102,6 @@ pub(crate) fn plain_connector(connect_timeout: Duration) -> Result<Connector, ru
         .wrap_connector(http))
 }
 
-/// Forwards requests to one endpoint: sets the scheme and authority of the
-/// URI (path and query stay as the router left them) and sends it through
-/// the upstream's pooled client.
-#[derive(Clone)]
-pub(crate) struct Forward {
-    pub(crate) client: Client<Connector, ProxyBody>,
-    pub(crate) scheme: Scheme,
-    pub(crate) authority: http::uri::Authority,
-    pub(crate) body_idle_timeout: Duration,
-}
-
 pin_project! {
     /// A response body from an upstream that fails when no frame arrives
     /// for the upstream's body idle timeout — an upstream that sends its
@@ -94,6 +113,24 @@ pin_project! {
         #[pin]
         idle: Sleep,
         timeout: Duration,
+        // The stream stays counted against its connection until the body
+        // is done or dropped.
+        stream: Option<crate::proxy::balance::OpenStream>,
+    }
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(
+        inner: Incoming,
+        timeout: Duration,
+        stream: crate::proxy::balance::OpenStream,
+    ) -> Self {
+        Self {
+            inner,
+            idle: tokio::time::sleep(timeout),
+            timeout,
+            stream: Some(stream),
+        }
     }
 }
 
@@ -119,9 +156,13 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.idle.as_mut().reset(Instant::now() + *this.timeout);
+                if frame.is_none() || this.inner.as_ref().is_end_stream() {
+                    this.stream.take();
+                } else {
+                    this.idle.as_mut().reset(Instant::now() + *this.timeout);
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -140,58 +181,245 @@ impl Body for UpstreamBody {
     }
 }
 
-pin_project! {
-    /// The future of [`Forward`]: the client's response, its body wrapped
-    /// in an [`UpstreamBody`].
-    pub(crate) struct ForwardFuture {
-        #[pin]
-        inner: ResponseFuture,
-        timeout: Duration,
+/// A fault of the client's request body, as the upstream call reports it:
+/// the body the client sent was malformed or incomplete, or stalled.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub(crate) struct ClientBodyError(#[source] tower::BoxError);
+
+/// Why an upstream call failed, as far as the proxy can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// No connection: the request never left the gateway.
+    Connect,
+    /// The client's body was malformed or cut short (400).
+    ClientBody,
+    /// The client stopped sending its body (408).
+    ClientBodyTimeout,
+    /// The upstream failed after the request was (maybe) sent.
+    Upstream,
+}
+
+impl Failure {
+    pub(crate) fn of(error: &hyper_util::client::legacy::Error) -> Self {
+        let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        let mut client_body = false;
+        while let Some(e) = current {
+            if e.is::<crate::connection::RequestBodyTimeout>() {
+                return Failure::ClientBodyTimeout;
+            }
+            client_body |= e.is::<ClientBodyError>();
+            current = e.source();
+        }
+        if client_body {
+            Failure::ClientBody
+        } else if error.is_connect() {
+            Failure::Connect
+        } else {
+            Failure::Upstream
+        }
     }
 }
 
-impl Future for ForwardFuture {
-    type Output = Result<Response<UpstreamBody>, hyper_util::client::legacy::Error>;
+/// The client's body, shared between the attempts of one request: the
+/// first attempt that polls it takes it; until then a retry can still send
+/// it (a refused connection never polled it).
+pub(crate) struct BodySlot {
+    body: Mutex<Option<ProxyBody>>,
+    finished: AtomicBool,
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let timeout = *this.timeout;
-        let response = ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(response.map(|inner| UpstreamBody {
-            inner,
-            idle: tokio::time::sleep(timeout),
-            timeout,
-        })))
+/// The request body as it is sent to an endpoint: the client's body,
+/// taken from its [`BodySlot`] on first poll, errors marked as the
+/// client's ([`ClientBodyError`]), trailers filtered — or dropped where the
+/// upstream protocol (HTTP/1.1) cannot carry them reliably.
+pub(crate) struct SendBody {
+    state: SendState,
+    keep_trailers: bool,
+    hint: SizeHint,
+}
+
+enum SendState {
+    Empty,
+    Waiting(Arc<BodySlot>),
+    Streaming(ProxyBody, Arc<BodySlot>),
+    Done,
+}
+
+/// What the proxy keeps of a request body after handing it to an attempt.
+#[derive(Clone)]
+pub(crate) struct BodyHandle {
+    slot: Option<Arc<BodySlot>>,
+    keep_trailers: bool,
+    hint: SizeHint,
+}
+
+impl SendBody {
+    pub(crate) fn new(body: ProxyBody, keep_trailers: bool) -> (Self, BodyHandle) {
+        let hint = body.size_hint();
+        let slot = (!body.is_end_stream()).then(|| {
+            Arc::new(BodySlot {
+                body: Mutex::new(Some(body)),
+                finished: AtomicBool::new(false),
+            })
+        });
+        let handle = BodyHandle {
+            slot,
+            keep_trailers,
+            hint,
+        };
+        let body = handle.body();
+        (body, handle)
     }
 }
 
-impl Service<Request<ProxyBody>> for Forward {
-    type Response = Response<UpstreamBody>;
-    type Error = hyper_util::client::legacy::Error;
-    type Future = ForwardFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pool opens connections on demand; readiness is the balancer's
-        // and the circuit breaker's business.
-        Poll::Ready(Ok(()))
+impl BodyHandle {
+    fn body(&self) -> SendBody {
+        SendBody {
+            state: match &self.slot {
+                None => SendState::Empty,
+                Some(slot) => SendState::Waiting(slot.clone()),
+            },
+            keep_trailers: self.keep_trailers,
+            hint: self.hint,
+        }
     }
 
-    fn call(&mut self, mut request: Request<ProxyBody>) -> Self::Future {
-        let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    /// The body for another attempt, if no attempt has started sending it.
+    pub(crate) fn again(&self) -> Option<SendBody> {
+        match &self.slot {
+            None => Some(self.body()),
+            Some(slot) => slot
+                .body
+                .lock()
+                .is_ok_and(|b| b.is_some())
+                .then(|| self.body()),
         }
-        if let Ok(uri) = Uri::from_parts(parts) {
-            *request.uri_mut() = uri;
+    }
+
+    /// Whether the request has no body at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slot.is_none()
+    }
+
+    /// Whether an attempt started sending the body and the client has not
+    /// finished it.
+    pub(crate) fn unfinished(&self) -> bool {
+        self.slot.as_ref().is_some_and(|slot| {
+            !slot.finished.load(Ordering::Acquire) && slot.body.lock().is_ok_and(|b| b.is_none())
+        })
+    }
+}
+
+/// Trailer fields never forwarded: hop-by-hop and framing fields, and
+/// those a gateway asserts or routes on (RFC 9110 §6.5.1: a recipient must
+/// not merge trailers into the header section unless it understands them;
+/// an upstream that does must not find the caller's identity there).
+fn trailer_forbidden(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains('_')
+        || matches!(
+            name,
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+                | "content-type"
+                | "content-encoding"
+                | "host"
+                | "authorization"
+                | "cookie"
+                | "forwarded"
+                | "via"
+                | "x-real-ip"
+        )
+        || name.starts_with("x-forwarded-")
+        || name.starts_with("proxy-")
+        || name.starts_with("x-user-")
+}
+
+fn filter_trailers(trailers: &mut HeaderMap) {
+    let forbidden: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|name| trailer_forbidden(name))
+        .cloned()
+        .collect();
+    for name in forbidden {
+        trailers.remove(name);
+    }
+}
+
+impl Body for SendBody {
+    type Data = Bytes;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                SendState::Empty | SendState::Done => return Poll::Ready(None),
+                SendState::Waiting(slot) => {
+                    let taken = slot.body.lock().ok().and_then(|mut b| b.take());
+                    this.state = match taken {
+                        Some(body) => SendState::Streaming(body, slot.clone()),
+                        // Another attempt has it: never the case, as attempts
+                        // run one after the other.
+                        None => SendState::Done,
+                    };
+                }
+                SendState::Streaming(body, slot) => {
+                    match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                        None => {
+                            slot.finished.store(true, Ordering::Release);
+                            this.state = SendState::Done;
+                            return Poll::Ready(None);
+                        }
+                        Some(Err(error)) => {
+                            this.state = SendState::Done;
+                            return Poll::Ready(Some(Err(Box::new(ClientBodyError(error)))));
+                        }
+                        Some(Ok(frame)) => {
+                            if body.is_end_stream() {
+                                slot.finished.store(true, Ordering::Release);
+                            }
+                            let frame = match frame.into_trailers() {
+                                Ok(mut trailers) => {
+                                    if !this.keep_trailers {
+                                        continue;
+                                    }
+                                    filter_trailers(&mut trailers);
+                                    Frame::trailers(trailers)
+                                }
+                                Err(frame) => frame,
+                            };
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                    }
+                }
+            }
         }
-        // hyper-util picks the protocol from the pool; the version the client
-        // used towards the gateway says nothing about the upstream hop.
-        *request.version_mut() = http::Version::HTTP_11;
-        ForwardFuture {
-            inner: self.client.request(request),
-            timeout: self.body_idle_timeout,
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            SendState::Empty | SendState::Done => true,
+            SendState::Waiting(_) => false,
+            SendState::Streaming(body, _) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            SendState::Empty | SendState::Done => SizeHint::with_exact(0),
+            SendState::Waiting(_) => self.hint,
+            SendState::Streaming(body, _) => body.size_hint(),
         }
     }
 }

@@ -51,7 +51,7 @@ mod retry;
 mod route;
 mod upstream;
 
-pub(crate) use dispatch::empty_body;
+pub use balance::{Balancer, PeakEwma};
 pub use dispatch::{DEFAULT_MAX_REQUEST_HEADER_BYTES, Proxy, ProxyFuture};
 pub use forward::{BodyIdleTimeout, Connector, ProxyBody, UpstreamBody, UpstreamProtocol};
 pub use headers::ForwardedHeaders;

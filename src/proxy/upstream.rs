@@ -2,6 +2,7 @@
 //! per-endpoint circuit breakers.
 
 use std::{
+    convert::Infallible,
     fmt,
     future::Future,
     pin::Pin,
@@ -10,27 +11,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{HeaderMap, Method, Request, Response, Uri, header, uri::Scheme};
-use tower::{
-    BoxError, Layer,
-    balance::p2c::Balance,
-    buffer::Buffer,
-    load::{CompleteOnResponse, PeakEwmaDiscover},
-    retry::Retry,
-    timeout::Timeout,
-    util::BoxCloneSyncService,
-};
+use http::{HeaderMap, Method, Request, Response, Uri, Version, header, uri::Scheme};
+use hyper_util::client::legacy::Client;
+use tower::retry::budget::{Budget, TpsBudget};
 use tower_service::Service;
 
 use super::{
-    Connector, ProxyBody, RetryConfig, UpstreamBody, UpstreamProtocol,
-    balance::{EndpointServices, PinnedChoice},
-    forward::{self, Forward},
-    retry::{RetryPolicy, never_sent},
+    Balancer, Connector, ProxyBody, RetryConfig, UpstreamBody, UpstreamProtocol,
+    balance::{EndpointList, EndpointState},
+    forward::{self, BodyHandle, Failure, SendBody},
 };
 use crate::{
-    circuit::{CircuitBreakerLayer, CircuitConfig, EjectionGroup},
-    discovery::{Endpoint, EndpointWatch},
+    circuit::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Outcome, ServerErrors},
+    discovery::{EndpointWatch, Snapshot},
     observe::Observer,
     reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody},
 };
@@ -39,7 +32,8 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyError {
-    /// The upstream's worker needs a Tokio runtime; `build()` ran outside one.
+    /// The upstream's discovery task needs a Tokio runtime; `build()` ran
+    /// outside one.
     #[error("building an upstream needs a Tokio runtime")]
     NoRuntime,
     /// The TLS configuration of the default connector was refused.
@@ -56,10 +50,11 @@ pub enum ProxyError {
 /// # async fn demo() -> Result<(), tower_gateway::proxy::ProxyError> {
 /// use std::time::Duration;
 /// use tower_gateway::discovery::{Endpoint, StaticDiscovery};
-/// use tower_gateway::proxy::{RetryConfig, Upstream};
+/// use tower_gateway::proxy::{Balancer, RetryConfig, Upstream};
 ///
 /// let orders = StaticDiscovery::new([Endpoint::new("orders-1", "127.0.0.1", 3001)]);
 /// let upstream = Upstream::new("orders", orders.watch())
+///     .balancer(Balancer::LeastRequest)
 ///     .connect_timeout(Duration::from_secs(1))
 ///     .request_timeout(Duration::from_secs(10))
 ///     .retries(RetryConfig::default())
@@ -76,8 +71,7 @@ pub struct Upstream {
     retry: RetryConfig,
     circuit: CircuitConfig,
     max_ejected_fraction: f64,
-    queue: usize,
-    default_rtt: Duration,
+    balancer: Balancer,
     body_idle_timeout: Duration,
     observer: Observer,
     renderer: Renderer,
@@ -88,6 +82,7 @@ impl fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("name", &self.name)
             .field("protocol", &self.protocol)
+            .field("balancer", &self.balancer)
             .finish_non_exhaustive()
     }
 }
@@ -106,8 +101,7 @@ impl Upstream {
             retry: RetryConfig::default(),
             circuit: CircuitConfig::default(),
             max_ejected_fraction: 0.5,
-            queue: 1024,
-            default_rtt: Duration::from_millis(30),
+            balancer: Balancer::default(),
             body_idle_timeout: Duration::from_secs(60),
             observer: Observer::default(),
             renderer: Renderer::default(),
@@ -124,6 +118,13 @@ impl Upstream {
 
     /// The HTTP version spoken to the endpoints (default HTTP/1.1; use
     /// [`UpstreamProtocol::Http2`] for gRPC over plain TCP).
+    ///
+    /// HTTP/1.1 keeps a pool of connections per endpoint, one request at a
+    /// time on each: a client that stalls its upload or never reads its
+    /// download holds one connection, never another client's. HTTP/2
+    /// multiplexes every client onto a few shared connections, whose stream
+    /// limit and flow-control window a few stalled clients could hold; the
+    /// server's progress timeout and the body idle timeout bound how long.
     pub fn protocol(mut self, protocol: UpstreamProtocol) -> Self {
         self.protocol = protocol;
         self
@@ -136,7 +137,8 @@ impl Upstream {
     }
 
     /// Time allowed for the response head, retries included (default 30 s);
-    /// then the client gets 504 (gRPC `DEADLINE_EXCEEDED`).
+    /// then the client gets 504 (gRPC `DEADLINE_EXCEEDED`) — or 408 when
+    /// the client had not finished sending its body.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -168,18 +170,10 @@ impl Upstream {
         self
     }
 
-    /// Requests that may wait for an endpoint (default 1024).
-    pub fn queue(mut self, capacity: usize) -> Self {
-        self.queue = capacity.max(1);
-        self
-    }
-
-    /// The latency a new endpoint is assumed to have until it has answered
-    /// (default 30 ms, as in linkerd). Peak-EWMA prefers endpoints
-    /// with lower cost, so a lower value sends new endpoints traffic sooner;
-    /// a higher one warms them up more cautiously.
-    pub fn default_rtt(mut self, rtt: Duration) -> Self {
-        self.default_rtt = rtt;
+    /// How requests are spread over the endpoints (default
+    /// [`Balancer::LeastRequest`]).
+    pub fn balancer(mut self, balancer: impl Into<Balancer>) -> Self {
+        self.balancer = balancer.into();
         self
     }
 
@@ -195,7 +189,8 @@ impl Upstream {
         self
     }
 
-    /// Builds the service and starts its worker task (needs a Tokio runtime).
+    /// Builds the service and starts the task that follows discovery (needs
+    /// a Tokio runtime).
     pub fn build(self) -> Result<UpstreamService, ProxyError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
         let (connector, scheme) = match self.connector {
@@ -205,91 +200,129 @@ impl Upstream {
                 Scheme::HTTP,
             ),
         };
-        let client = forward::client(connector, self.protocol);
-        let breakers = CircuitBreakerLayer::per_endpoint(
-            self.name.clone(),
-            self.circuit,
-            EjectionGroup::new(self.max_ejected_fraction),
-        )
-        .observer(self.observer.clone())
-        .renderer(self.renderer.clone());
-        let name = self.name.clone();
-        let body_idle_timeout = self.body_idle_timeout;
-        let make = move |endpoint: &Endpoint| {
-            let authority = endpoint.authority().parse().ok();
-            if authority.is_none() {
-                tracing::warn!(target: "tower_gateway::proxy", upstream = %name, endpoint = ?endpoint, "endpoint address is not a valid authority; skipped");
-            }
-            authority.map(|authority| {
-                breakers.layer(Forward {
-                    client: client.clone(),
-                    scheme: scheme.clone(),
-                    authority,
-                    body_idle_timeout,
-                })
-            })
+        let endpoints = Arc::new(EndpointList::new(self.balancer));
+        let clients = forward::clients(connector, self.protocol);
+        let membership = Membership {
+            name: self.name.clone(),
+            lanes: clients.len(),
+            circuit: self.circuit,
+            group: EjectionGroup::new(self.max_ejected_fraction),
+            observer: self.observer.clone(),
         };
-        let endpoints = EndpointServices::new(self.watch.changes(), make);
-        // Report the endpoint count as discovery changes, requests or not;
-        // the task ends when the discovery source does.
+        // The first set is in place before the first request; later ones
+        // are applied by the task as discovery publishes them, requests or
+        // not, and counted for metrics.
         let mut updates = self.watch.subscribe();
-        let (observer, name) = (self.observer.clone(), self.name.clone());
+        membership.apply(&endpoints, &updates.borrow_and_update());
+        self.observer.endpoints(&self.name, endpoints.len());
+        let follow = endpoints.clone();
         runtime.spawn(async move {
-            loop {
-                let count = updates.borrow_and_update().endpoints.len();
-                observer.endpoints(&name, count);
-                if updates.changed().await.is_err() {
-                    return;
-                }
+            while updates.changed().await.is_ok() {
+                let snapshot = updates.borrow_and_update().clone();
+                membership.apply(&follow, &snapshot);
+                membership
+                    .observer
+                    .endpoints(&membership.name, follow.len());
             }
         });
-        // Peak-EWMA (linkerd's default): an endpoint's cost is its latency,
-        // decaying over 10 s, times its in-flight requests; a new endpoint
-        // starts at `default_rtt`.
-        let endpoints = PeakEwmaDiscover::new::<Request<ProxyBody>>(
-            endpoints,
-            self.default_rtt,
-            Duration::from_secs(10),
-            CompleteOnResponse::default(),
-        );
-        let balanced = PinnedChoice::new(Balance::new(endpoints));
-        let (buffer, worker) = Buffer::pair(balanced, self.queue);
-        runtime.spawn(worker);
-        let stack = Timeout::new(
-            Retry::new(RetryPolicy::new(&self.retry), buffer),
-            self.request_timeout,
-        );
         Ok(UpstreamService {
-            inner: BoxCloneSyncService::new(stack),
-            watch: self.watch,
-            name: self.name,
-            observer: self.observer,
-            renderer: self.renderer,
-            ready_error: None,
+            shared: Arc::new(Shared {
+                clients,
+                http2: self.protocol == UpstreamProtocol::Http2,
+                scheme,
+                endpoints,
+                request_timeout: self.request_timeout,
+                body_idle_timeout: self.body_idle_timeout,
+                attempts: self.retry.attempts,
+                budget: TpsBudget::new(self.retry.ttl, self.retry.min_per_sec, self.retry.ratio),
+                watch: self.watch,
+                name: self.name,
+                observer: self.observer,
+                renderer: self.renderer,
+            }),
         })
     }
 }
 
-type Inner =
-    BoxCloneSyncService<Request<ProxyBody>, Response<ResponseBody<UpstreamBody>>, BoxError>;
+/// What a new endpoint needs: its breaker's settings and group.
+struct Membership {
+    name: Arc<str>,
+    lanes: usize,
+    circuit: CircuitConfig,
+    group: EjectionGroup,
+    observer: Observer,
+}
 
-/// A balanced, retried, time-limited upstream; failures become 502, 503 or
-/// 504 responses (gRPC `UNAVAILABLE` / `DEADLINE_EXCEEDED`) that say nothing
-/// about the gateway's internals. Cheap to clone.
-#[derive(Clone)]
-pub struct UpstreamService {
-    inner: Inner,
+impl Membership {
+    /// Publishes the endpoints of `snapshot`, keeping the state (breaker,
+    /// load, latency) of those that did not change.
+    fn apply(&self, list: &EndpointList, snapshot: &Snapshot) {
+        let current = list.snapshot();
+        let mut next = Vec::with_capacity(snapshot.endpoints.len());
+        let mut fresh = Vec::new();
+        for (id, endpoint) in &snapshot.endpoints {
+            if let Some(kept) = current
+                .iter()
+                .find(|e| e.id == *id && e.endpoint == *endpoint)
+            {
+                next.push(kept.clone());
+                continue;
+            }
+            let Ok(authority) = endpoint.authority().parse() else {
+                tracing::warn!(target: "tower_gateway::proxy", upstream = %self.name, endpoint = ?endpoint, "endpoint address is not a valid authority; skipped");
+                continue;
+            };
+            fresh.push((id, endpoint, authority));
+        }
+        let initial_rtt = list.initial_rtt(&next);
+        for (id, endpoint, authority) in fresh {
+            let breaker =
+                CircuitBreaker::in_group(format!("{}/{id}", self.name), self.circuit, &self.group);
+            breaker.observe(self.observer.clone());
+            if let Some(state) = EndpointState::new(
+                id.clone(),
+                endpoint.clone(),
+                authority,
+                breaker,
+                initial_rtt,
+                self.lanes,
+            ) {
+                next.push(Arc::new(state));
+            }
+        }
+        list.publish(next);
+    }
+}
+
+struct Shared {
+    /// One client per lane (see `forward::HTTP2_LANES`).
+    clients: Box<[Client<Connector, SendBody>]>,
+    http2: bool,
+    scheme: Scheme,
+    endpoints: Arc<EndpointList>,
+    request_timeout: Duration,
+    body_idle_timeout: Duration,
+    attempts: usize,
+    budget: TpsBudget,
     watch: EndpointWatch,
     name: Arc<str>,
     observer: Observer,
     renderer: Renderer,
-    ready_error: Option<Arc<str>>,
+}
+
+/// A balanced, retried, time-limited upstream; failures become 502, 503 or
+/// 504 responses (gRPC `UNAVAILABLE` / `DEADLINE_EXCEEDED`) that say nothing
+/// about the gateway's internals, and faults of the client's request body
+/// become 400 or 408. Cheap to clone; always ready.
+#[derive(Clone)]
+pub struct UpstreamService {
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for UpstreamService {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamService")
-            .field("name", &self.name)
+            .field("name", &self.shared.name)
             .finish_non_exhaustive()
     }
 }
@@ -297,26 +330,258 @@ impl fmt::Debug for UpstreamService {
 impl UpstreamService {
     /// The upstream's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     /// The endpoints it balances over.
     pub fn endpoints(&self) -> &EndpointWatch {
-        &self.watch
+        &self.shared.watch
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.shared.request_timeout
+    }
+
+    /// Sends `request` to an endpoint, retrying where safe, within
+    /// `timeout` for the response head.
+    pub(crate) fn send(
+        &self,
+        request: Request<ProxyBody>,
+        timeout: Duration,
+    ) -> impl Future<Output = Response<ResponseBody<UpstreamBody>>> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            let head = Head::of(&request);
+            let (parts, body) = request.into_parts();
+            let (body, handle) = SendBody::new(body, shared.http2);
+            let sending = attempts(&shared, parts, body, &handle, &head.method);
+            match tokio::time::timeout(timeout, sending).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(rejection)) => head.respond(&shared.renderer, &rejection),
+                Err(_) => {
+                    // The deadline passed. If the client was still sending
+                    // its body, the wait was the client's doing.
+                    let rejection = if handle.unfinished() {
+                        client_body_timeout()
+                    } else {
+                        Rejection::new(
+                            RejectionKind::GatewayTimeout,
+                            "upstream_timeout",
+                            "the upstream did not answer in time",
+                        )
+                    };
+                    head.respond(&shared.renderer, &rejection)
+                }
+            }
+        }
     }
 }
 
-/// What the error response needs of the request, kept after the request is
-/// sent.
+fn client_body_timeout() -> Rejection {
+    Rejection::new(
+        RejectionKind::RequestTimeout,
+        "request_body_timeout",
+        "the request body was not received in time",
+    )
+}
+
+/// The most endpoints one request tries (the first attempt and retries).
+const MAX_TRIED: usize = 8;
+
+/// Tries endpoints until one answers, a failure is not safe to retry, or
+/// the attempts or the retry budget run out. A retry never goes back to an
+/// endpoint this request already tried, while another is left.
+async fn attempts(
+    shared: &Shared,
+    parts: http::request::Parts,
+    body: SendBody,
+    handle: &BodyHandle,
+    method: &Method,
+) -> Result<Response<ResponseBody<UpstreamBody>>, Rejection> {
+    let mut tried = [usize::MAX; MAX_TRIED];
+    let mut parts = Some(parts);
+    let mut body = Some(body);
+    let mut attempt = 0usize;
+    loop {
+        let Some((index, endpoint)) = shared.endpoints.pick(&tried[..attempt.min(MAX_TRIED)])
+        else {
+            // Fail fast: no endpoint would ever answer this request.
+            return Err(Rejection::unavailable(
+                "no_endpoints",
+                "the upstream is unavailable",
+                Some(1),
+            ));
+        };
+        if let Some(slot) = tried.get_mut(attempt) {
+            *slot = index;
+        }
+        let more = attempt < shared.attempts;
+        let retry =
+            |attempt: &mut usize, body: &mut Option<SendBody>, again: Option<SendBody>| match again
+            {
+                Some(again) if more && shared.budget.withdraw() => {
+                    *attempt += 1;
+                    *body = Some(again);
+                    true
+                }
+                _ => false,
+            };
+        let permit = match endpoint.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(refused) => {
+                // The breaker refused: nothing was sent.
+                let again = body.take();
+                if retry(&mut attempt, &mut body, again) {
+                    continue;
+                }
+                let secs = refused.retry_after.as_secs_f64().ceil() as u64;
+                return Err(Rejection::unavailable(
+                    "circuit_open",
+                    "the upstream is unavailable",
+                    Some(secs),
+                ));
+            }
+        };
+        // The last attempt takes the head; earlier ones send a copy, so a
+        // retry still has it (extensions stay behind: nothing upstream
+        // reads them).
+        let head = match (&parts, more) {
+            (Some(parts), true) => copy_head(parts),
+            _ => match parts.take() {
+                Some(parts) => parts,
+                None => return Err(upstream_failed("upstream_failed")),
+            },
+        };
+        let Some(this_body) = body.take() else {
+            return Err(upstream_failed("upstream_failed"));
+        };
+        let mut request = Request::from_parts(head, this_body);
+        set_target(&mut request, shared, &endpoint);
+        let in_flight = endpoint.start();
+        let stream = endpoint.open_stream();
+        let started = Instant::now();
+        let result = shared.clients[stream.lane()].request(request).await;
+        let elapsed = started.elapsed();
+        drop(in_flight);
+        shared.observer.upstream_latency(&shared.name, elapsed);
+        let error = match result {
+            Ok(response) => {
+                endpoint.answered();
+                if let Some(decay) = shared.endpoints.decay() {
+                    endpoint.observe_rtt(elapsed, shared.endpoints.epoch(), decay);
+                }
+                let result = Ok::<_, Infallible>(response);
+                permit.record(ServerErrors.classify(&result));
+                let Ok(response) = result;
+                if attempt == 0 {
+                    shared.budget.deposit();
+                }
+                let timeout = shared.body_idle_timeout;
+                return Ok(response.map(|incoming| {
+                    ResponseBody::inner(UpstreamBody::new(incoming, timeout, stream))
+                }));
+            }
+            Err(error) => error,
+        };
+        let failure = Failure::of(&error);
+        tracing::debug!(target: "tower_gateway::proxy", upstream = %shared.name, endpoint = %endpoint.authority, %error, ?failure, "upstream call failed");
+        match failure {
+            Failure::ClientBody | Failure::ClientBodyTimeout => {
+                // The client's fault: it says nothing about the endpoint.
+                permit.record(Outcome::Ignored);
+                return Err(if failure == Failure::ClientBodyTimeout {
+                    client_body_timeout()
+                } else {
+                    Rejection::bad_request(
+                        "invalid_request_body",
+                        "the request body was malformed or incomplete",
+                    )
+                });
+            }
+            Failure::Connect => {
+                permit.record(Outcome::Failure);
+                endpoint.refused(shared.endpoints.epoch());
+                // Never sent: safe to retry whatever the method, if the
+                // body was not consumed.
+                if retry(&mut attempt, &mut body, handle.again()) {
+                    continue;
+                }
+                return Err(upstream_failed("upstream_unreachable"));
+            }
+            Failure::Upstream => {
+                permit.record(Outcome::Failure);
+                // Sent, and maybe processed: only idempotent requests without
+                // a body go again.
+                let again = handle
+                    .again()
+                    .filter(|_| handle.is_empty() && idempotent(method));
+                if retry(&mut attempt, &mut body, again) {
+                    continue;
+                }
+                return Err(upstream_failed("upstream_failed"));
+            }
+        }
+    }
+}
+
+fn upstream_failed(code: &'static str) -> Rejection {
+    Rejection::new(
+        RejectionKind::BadGateway,
+        code,
+        "the upstream failed to answer",
+    )
+}
+
+fn copy_head(parts: &http::request::Parts) -> http::request::Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
+}
+
+/// Points the request at `endpoint`: scheme and authority in the URI (path
+/// and query stay as the router left them), the endpoint's `Host` unless
+/// the proxy preserved the client's, and HTTP/1.1 as the version hyper-util
+/// starts from (the pool picks the protocol; the client's version towards
+/// the gateway says nothing about this hop).
+fn set_target<B>(request: &mut Request<B>, shared: &Shared, endpoint: &EndpointState) {
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(shared.scheme.clone());
+    parts.authority = Some(endpoint.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    if !request.headers().contains_key(header::HOST) {
+        request
+            .headers_mut()
+            .insert(header::HOST, endpoint.host.clone());
+    }
+    *request.version_mut() = Version::HTTP_11;
+}
+
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What rendering a failure needs of the request, kept after the request
+/// is sent.
 pub(crate) struct Head {
     method: Method,
     uri: Uri,
+    /// Only the content type: it decides between HTTP and gRPC rendering.
     headers: HeaderMap,
 }
 
 impl Head {
     pub(crate) fn of<B>(request: &Request<B>) -> Self {
-        // Only the content type decides the rendering (HTTP or gRPC).
         let mut headers = HeaderMap::new();
         if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
             headers.insert(header::CONTENT_TYPE, ct.clone());
@@ -340,80 +605,19 @@ impl Head {
     }
 }
 
-fn failure_rejection(error: &BoxError) -> Rejection {
-    if error.is::<tower::timeout::error::Elapsed>() {
-        Rejection::new(
-            RejectionKind::GatewayTimeout,
-            "upstream_timeout",
-            "the upstream did not answer in time",
-        )
-    } else {
-        let code = if never_sent(&**error) {
-            "upstream_unreachable"
-        } else {
-            "upstream_failed"
-        };
-        Rejection::new(
-            RejectionKind::BadGateway,
-            code,
-            "the upstream failed to answer",
-        )
-    }
-}
-
 impl Service<Request<ProxyBody>> for UpstreamService {
     type Response = Response<ResponseBody<UpstreamBody>>;
-    type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(error)) => {
-                // The worker is gone: answer 503 from `call`.
-                self.ready_error = Some(error.to_string().into());
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => Poll::Pending,
-        }
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Endpoints are chosen per request in `call`; there is no queue to
+        // wait for, and an ejected endpoint is routed around there.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let head = Head::of(&request);
-        let renderer = self.renderer.clone();
-        if let Some(error) = self.ready_error.take() {
-            tracing::error!(target: "tower_gateway::proxy", upstream = %self.name, %error, "upstream worker failed");
-            let rejection = Rejection::unavailable(
-                "upstream_unavailable",
-                "the upstream is unavailable",
-                Some(1),
-            );
-            return Box::pin(std::future::ready(Ok(head.respond(&renderer, &rejection))));
-        }
-        if self.watch.current().endpoints.is_empty() {
-            // Fail fast: the balancer would wait for an endpoint until the
-            // request timed out.
-            let rejection =
-                Rejection::unavailable("no_endpoints", "the upstream is unavailable", Some(1));
-            return Box::pin(std::future::ready(Ok(head.respond(&renderer, &rejection))));
-        }
-        // The inner service was polled ready by `poll_ready`; swap it out so
-        // the clone left behind is the one polled next time.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let observer = self.observer.clone();
-        let name = self.name.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            let result = inner.call(request).await;
-            observer.upstream_latency(&name, started.elapsed());
-            Ok(match result {
-                Ok(response) => response,
-                Err(error) => {
-                    tracing::debug!(target: "tower_gateway::proxy", upstream = %name, %error, "upstream call failed");
-                    head.respond(&renderer, &failure_rejection(&error))
-                }
-            })
-        })
+        let sent = self.send(request, self.shared.request_timeout);
+        Box::pin(async move { Ok(sent.await) })
     }
 }

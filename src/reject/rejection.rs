@@ -30,13 +30,6 @@ pub enum RejectionKind {
     /// A rate limit is exhausted: 429 with `Retry-After`, gRPC
     /// `RESOURCE_EXHAUSTED`.
     TooManyRequests,
-    /// The client stopped sending its request (the server's progress
-    /// timeout): 408, gRPC `DEADLINE_EXCEEDED`.
-    RequestTimeout,
-    /// The request uses a feature the gateway does not implement (a
-    /// transfer coding other than `chunked`, RFC 9112 §6.1): 501, gRPC
-    /// `UNIMPLEMENTED`.
-    NotImplemented,
     /// The upstream answered in a way the gateway cannot use: 502, gRPC
     /// `UNAVAILABLE`.
     BadGateway,
@@ -44,6 +37,12 @@ pub enum RejectionKind {
     Unavailable,
     /// The upstream did not answer in time: 504, gRPC `DEADLINE_EXCEEDED`.
     GatewayTimeout,
+    /// The client did not send its request (body) in time: 408, gRPC
+    /// `DEADLINE_EXCEEDED`.
+    RequestTimeout,
+    /// The request uses a feature the gateway does not implement (a
+    /// transfer coding other than chunked): 501, gRPC `UNIMPLEMENTED`.
+    NotImplemented,
 }
 
 impl RejectionKind {
@@ -57,11 +56,11 @@ impl RejectionKind {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -74,10 +73,9 @@ impl RejectionKind {
             Self::NotFound | Self::MethodNotAllowed | Self::NotImplemented => {
                 GrpcCode::Unimplemented
             }
-            Self::RequestTimeout => GrpcCode::DeadlineExceeded,
             Self::TooManyRequests | Self::HeadersTooLarge => GrpcCode::ResourceExhausted,
             Self::BadGateway | Self::Unavailable => GrpcCode::Unavailable,
-            Self::GatewayTimeout => GrpcCode::DeadlineExceeded,
+            Self::GatewayTimeout | Self::RequestTimeout => GrpcCode::DeadlineExceeded,
         }
     }
 }

@@ -842,3 +842,72 @@ async fn oversized_head_is_431() {
     .await;
     assert_eq!(status_of(&text), 431, "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// With the proxy
+
+/// An upstream that reads the whole request body and answers with its
+/// length.
+#[cfg(feature = "proxy")]
+async fn counting_upstream() -> SocketAddr {
+    let listener = bind().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let svc =
+                hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                    let length = request.into_body().collect().await?.to_bytes().len();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(length.to_string()))))
+                });
+            tokio::spawn(
+                hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned(),
+            );
+        }
+    });
+    addr
+}
+
+#[cfg(feature = "proxy")]
+#[tokio::test]
+async fn stalled_upload_through_the_proxy_is_408_not_an_upstream_failure() {
+    use tower_gateway::{
+        discovery::{Endpoint, StaticDiscovery},
+        proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream},
+    };
+    let upstream = counting_upstream().await;
+    let discovery = StaticDiscovery::new([Endpoint::new("u1", "127.0.0.1", upstream.port())]);
+    let table = RouteTable::builder()
+        .route(
+            Route::prefix("/"),
+            Upstream::new("svc", discovery.watch()).build().unwrap(),
+        )
+        .build()
+        .unwrap();
+    let gateway = ServiceBuilder::new()
+        .layer(RouteLayer::new(&table))
+        .service(Proxy::new(&table));
+    let addr =
+        spawn(server::serve(bind().await, gateway).progress_timeout(Duration::from_millis(300)));
+    // 10 of 100 bytes, then nothing.
+    let started = Instant::now();
+    let text = raw(
+        addr,
+        b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\n0123456789",
+        BOUND,
+    )
+    .await;
+    assert_eq!(status_of(&text), 408, "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A complete upload passes.
+    let text = raw(
+        addr,
+        b"POST /upload HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+        BOUND,
+    )
+    .await;
+    assert_eq!(status_of(&text), 200, "{text}");
+    assert!(text.ends_with("10"), "{text}");
+    drop(discovery);
+}

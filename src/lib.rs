@@ -54,6 +54,7 @@
 //! | `metrics` | yes | [`metrics`] (prometheus-client) |
 //! | `ratelimit` | yes | [`ratelimit`] with the local limiter (governor) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
+//! | `server` | yes | [`server`]: the HTTP/1.1 and HTTP/2 server facing clients (hyper-util); `tls` implies it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

@@ -673,6 +673,40 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_cuts_late_ones() {
     assert_eq!(late, "", "the cut request got an answer");
 }
 
+#[tokio::test]
+async fn graceful_shutdown_lets_an_h2_stream_finish_after_goaway() {
+    let service = tower::service_fn(|request: Request<server::Body>| async move {
+        let wait: u64 = request.uri().path()[1..].parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
+    });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serve = server::serve(bind().await, service)
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .shutdown_timeout(Duration::from_secs(3));
+    let addr = serve.local_addr().unwrap();
+    let server = tokio::spawn(serve.into_future());
+    let (mut sender, ended) = h2_client(addr).await;
+    let request = Request::get(format!("http://{addr}/400"))
+        .body(Empty::new())
+        .unwrap();
+    let in_flight = tokio::spawn(sender.send_request(request));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.send(()).unwrap();
+    let response = within("h2 response", in_flight).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = within("h2 body", response.into_body().collect())
+        .await
+        .unwrap();
+    assert_eq!(body.to_bytes(), "done");
+    // GOAWAY: the client may open no more streams, and the connection ends.
+    within("h2 connection end", ended).await.unwrap();
+    let report = within("shutdown", server).await.unwrap();
+    assert_eq!((report.open, report.cut), (1, 0), "{report:?}");
+}
+
 // ---------------------------------------------------------------------------
 // The edge
 

@@ -55,8 +55,10 @@ const HTTP1: u8 = 1;
 const HTTP2: u8 = 2;
 
 /// One connection's state, shared by its requests and its idle watch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConnState {
+    /// Renders the 408 of a stalled upload.
+    renderer: Renderer,
     /// Requests in flight plus response bodies not yet sent: the open
     /// streams.
     open: AtomicUsize,
@@ -69,6 +71,16 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
+    fn new(renderer: Renderer) -> Self {
+        Self {
+            renderer,
+            open: AtomicUsize::new(0),
+            changed: Notify::new(),
+            protocol: AtomicU8::new(0),
+            body_unread: AtomicBool::new(false),
+        }
+    }
+
     fn open_stream(self: &Arc<Self>) -> StreamGuard {
         if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
             self.changed.notify_one();
@@ -201,13 +213,12 @@ async fn http<I, S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState::new(shared.renderer.clone()));
     let service = ConnService {
         inner: Edge::new(service, shared.renderer.clone()),
         state: state.clone(),
         client: ClientAddr(remote),
         progress_timeout: shared.limits.progress_timeout,
-        renderer: shared.renderer.clone(),
     };
     let mut cut_signal = shared.signals.cut.clone();
     let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
@@ -244,7 +255,6 @@ struct ConnService<S> {
     state: Arc<ConnState>,
     client: ClientAddr,
     progress_timeout: Duration,
-    renderer: Renderer,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
@@ -284,7 +294,6 @@ where
             guard: Some(guard),
             http1,
             head,
-            renderer: self.renderer.clone(),
         }
     }
 }
@@ -306,7 +315,6 @@ pin_project! {
         guard: Option<StreamGuard>,
         http1: bool,
         head: Head,
-        renderer: Renderer,
     }
 }
 
@@ -319,7 +327,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut response = match ready!(this.call.poll(cx)) {
+        let result = ready!(this.call.poll(cx));
+        let Some(guard) = this.guard.take() else {
+            return Poll::Ready(Err("ConnFuture polled after completion".into()));
+        };
+        let mut response = match result {
             Ok(response) => response,
             Err(error) => {
                 let error = error.into();
@@ -337,13 +349,12 @@ where
                     headers.insert(header::CONTENT_TYPE, content_type);
                 }
                 let head = RequestHead::new(&this.head.method, &this.head.uri, &headers);
-                this.renderer
+                guard
+                    .0
+                    .renderer
                     .render(&rejection, &head)
                     .map(ResponseBody::rejection)
             }
-        };
-        let Some(guard) = this.guard.take() else {
-            return Poll::Ready(Err("ConnFuture polled after completion".into()));
         };
         // RFC 9112 §9.6: the client must know that the connection will
         // close — hyper will not read the rest of the body to reuse it.

@@ -40,7 +40,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open connections of one client IP address at most (default 128);
     /// further connections from it are closed at once, so that one client
-    /// cannot take every slot.
+    /// cannot take every slot. IPv6 clients are counted per /64 network.
     pub max_connections_per_ip: usize,
     /// How long a client may stall (default 30 s): stop sending a request
     /// body it announced (its body then fails with

@@ -296,7 +296,7 @@ where
                 }
             }
         };
-        let Some(ip_slot) = IpSlot::take(&per_ip, remote.ip()) else {
+        let Some(ip_slot) = IpSlot::take(&per_ip, client_key(remote.ip())) else {
             tracing::debug!(
                 target: "tower_gateway::server",
                 %remote,
@@ -332,6 +332,21 @@ fn is_connection_error(error: &io::Error) -> bool {
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
     )
+}
+
+/// Whose connection it is, for the per-IP cap: an IPv4 address (also when
+/// mapped into IPv6), or an IPv6 /64 — the network one subscriber gets
+/// (RFC 6177), whose addresses cost a client nothing to switch between.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 /// A connection's places under the caps, given back when dropped.
@@ -392,5 +407,19 @@ impl Drop for IpSlot {
                 open.remove(&self.ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), key("2001:db8:1:2:bbbb::2"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
     }
 }

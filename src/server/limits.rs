@@ -45,7 +45,10 @@ pub struct Limits {
     /// How long a client may stall (default 30 s): stop sending a request
     /// body it announced (its body then fails with
     /// [`RequestBodyTimeout`](crate::connection::RequestBodyTimeout)), or
-    /// stop reading the response (the connection is closed).
+    /// stop reading the response (the connection is closed once a write to
+    /// it stalls that long). Over HTTP/2, a client that stops reading one
+    /// response while reading others stalls only that stream (flow
+    /// control), which this does not bound.
     pub progress_timeout: Duration,
     /// The largest request head (default 16 KiB, hyper's HTTP/2 default):
     /// HTTP/1.1 request line and headers (hyper's read buffer, at least

@@ -608,6 +608,12 @@ async fn client_connector_speaks_http2_and_http1() {
     assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
     assert_eq!(body, expected(&orders_peer(), ""));
 
+    // With `offer_http2(false)` the connector offers HTTP/1.1 only.
+    let (status, version, _) = get_with(&config.clone().offer_http2(false), addr, "/whoami")
+        .await
+        .unwrap();
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_11));
+
     // A client that only offers HTTP/1.1 is served HTTP/1.1.
     let http1 = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.rustls_config().clone())

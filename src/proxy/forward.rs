@@ -110,8 +110,11 @@ pin_project! {
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
-        #[pin]
-        idle: Sleep,
+        // The timer exists only once the body has had to wait: most
+        // responses arrive with their head and never need one, and a
+        // frame that arrives costs a clock read, not a timer reset.
+        idle: Option<Pin<Box<Sleep>>>,
+        last_frame: Instant,
         timeout: Duration,
         // The stream stays counted against its connection until the body
         // is done or dropped.
@@ -127,7 +130,8 @@ impl UpstreamBody {
     ) -> Self {
         Self {
             inner,
-            idle: tokio::time::sleep(timeout),
+            idle: None,
+            last_frame: Instant::now(),
             timeout,
             stream: Some(stream),
         }
@@ -161,12 +165,24 @@ impl Body for UpstreamBody {
                 if frame.is_none() || this.inner.as_ref().is_end_stream() {
                     this.stream.take();
                 } else {
-                    this.idle.as_mut().reset(Instant::now() + *this.timeout);
+                    *this.last_frame = Instant::now();
                 }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                ready!(this.idle.poll(cx));
+                let deadline = *this.last_frame + *this.timeout;
+                let idle = match this.idle {
+                    Some(idle) => {
+                        if idle.deadline() != deadline {
+                            idle.as_mut().reset(deadline);
+                        }
+                        idle
+                    }
+                    None => this
+                        .idle
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                ready!(idle.as_mut().poll(cx));
                 Poll::Ready(Some(Err(BodyIdleTimeout(*this.timeout).into())))
             }
         }

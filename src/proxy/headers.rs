@@ -99,13 +99,17 @@ pub(crate) fn add_forwarding(
         }
         ForwardedHeaders::None => {}
     }
-    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, 1.1 tower-gateway"),
-        None => "1.1 tower-gateway".to_owned(),
+    const VIA: &str = "1.1 tower-gateway";
+    let via = match headers.get(header::VIA).map(|v| v.to_str()) {
+        None => HeaderValue::from_static(VIA),
+        Some(Ok(prior)) => match HeaderValue::try_from(format!("{prior}, {VIA}")) {
+            Ok(value) => value,
+            Err(_) => HeaderValue::from_static(VIA),
+        },
+        // An unreadable `Via` is not the gateway's to pass on.
+        Some(Err(_)) => HeaderValue::from_static(VIA),
     };
-    if let Ok(value) = HeaderValue::from_str(&via) {
-        headers.insert(header::VIA, value);
-    }
+    headers.insert(header::VIA, via);
 }
 
 #[cfg(test)]

@@ -5,24 +5,51 @@
 //!   [normalized path](crate::path); no route is 404, a method mismatch 405
 //!   with `Allow`. A [`RouteLayer`] placed early records the match and the
 //!   [`RouteTemplate`](crate::route::RouteTemplate) so metrics, RBAC and rate
-//!   limits see the route.
-//! - An [`Upstream`] balances over the endpoints of an
+//!   limits see the route; the [`Proxy`] reads that match instead of
+//!   matching again.
+//! - An [`Upstream`] spreads requests over the endpoints of an
 //!   [`EndpointWatch`](crate::discovery::EndpointWatch) (Consul or static)
-//!   with tower's power-of-two-choices over peak-EWMA latency. Each endpoint
-//!   has its own circuit breaker: an ejected endpoint is not ready, so the
-//!   balancer routes around it. The balancer runs in a worker task behind a
-//!   bounded queue. A guard keeps p2c's choice stable between `poll_ready`
-//!   and `call` (tower-rs/tower#856).
+//!   with a [`Balancer`]: power of two choices over requests in flight
+//!   (the default, as in Envoy), round robin, or peak-EWMA latency. The
+//!   endpoint list is swapped atomically when discovery changes, so a new
+//!   endpoint gets traffic with the next request; each request picks its
+//!   endpoint itself — no queue and no worker task between the client and
+//!   the upstream. Each endpoint has its own circuit breaker (outlier
+//!   ejection, never the last endpoint), and a refused connection ejects it
+//!   at once, for a time that grows while refusals continue.
 //! - [`Proxy`] forwards through hyper-util's pooled client (HTTP/1.1, HTTP/2,
 //!   gRPC with trailers), streaming bodies both ways. Per RFC 9110 it removes
-//!   hop-by-hop headers (and those named in `Connection`), appends
-//!   `X-Forwarded-For` (or `Forwarded`), sets `X-Forwarded-Proto`/`-Host`
-//!   and `Via`; it can strip the route prefix; WebSocket upgrades pass
-//!   through.
-//! - Timeouts per upstream (connect, request); retries only where safe
-//!   ([`RetryConfig`]), within a budget. Failures are 502/503/504 problem
-//!   responses (gRPC `UNAVAILABLE`/`DEADLINE_EXCEEDED`) with no internal
-//!   detail.
+//!   hop-by-hop headers, appends `X-Forwarded-For` (or `Forwarded`), sets
+//!   `X-Forwarded-Proto`/`-Host` and `Via`; it can strip the route prefix;
+//!   WebSocket upgrades pass through. The headers a client names in
+//!   `Connection` are removed at the edge, before any layer runs (see the
+//!   `server` module), so no client can make the proxy remove a header a
+//!   gateway layer set.
+//! - Timeouts per upstream (connect, request) and per route; retries only
+//!   where safe ([`RetryConfig`]), within a budget, never back to an
+//!   endpoint the request already tried. Upstream failures are 502/503/504
+//!   problem responses (gRPC `UNAVAILABLE`/`DEADLINE_EXCEEDED`) with no
+//!   internal detail. A client's faults stay the client's: a malformed or
+//!   incomplete request body is 400, one that stalls is 408, and neither
+//!   counts against the endpoint's breaker or the retry budget.
+//!
+//! # No client can starve a service
+//!
+//! Every request in flight to an HTTP/1.1 upstream has a pooled connection
+//! of its own, so a client that stalls its upload or never reads a large
+//! download holds one connection, never a resource other clients need; the
+//! server's progress timeout then ends it. That is the default, and the
+//! reference gateway's choice for its services (with mTLS,
+//! `MtlsClientConfig::offer_http2(false)`).
+//!
+//! HTTP/2 upstreams (gRPC) multiplex many clients onto shared connections,
+//! whose stream limit and flow-control window a few clients could hold. The
+//! proxy opens several connections per endpoint and puts each request on
+//! the one with the fewest streams open (counted until the response body
+//! ends), and gives every connection a window 64 times a stream's, so
+//! unread responses fill a connection's window only when 64 of them share
+//! it. Those streams are still bounded in time only by the server's
+//! progress timeout and the upstream's body idle timeout.
 //!
 //! # Example
 //!

@@ -169,7 +169,7 @@ pub enum RouteMatch {
     NotFound,
 }
 
-fn host_of<B>(request: &Request<B>) -> Option<String> {
+fn host_of<B>(request: &Request<B>) -> Option<&str> {
     // RFC 9112 §3.2.2: an absolute-form target's authority (HTTP/2's
     // `:authority`) wins over `Host`, as the upstream hop sees it.
     let raw = request.uri().host().or_else(|| {
@@ -178,12 +178,13 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
     })?;
-    // Strip the port (keeping IPv6 brackets intact).
+    // Strip the port (keeping IPv6 brackets intact). Patterns are lower
+    // case; hosts are compared ignoring ASCII case, with no copy.
     let host = match raw.rfind(':') {
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
     };
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    Some(host.trim_end_matches('.'))
 }
 
 fn host_matches(pattern: &str, host: Option<&str>) -> bool {
@@ -191,15 +192,14 @@ fn host_matches(pattern: &str, host: Option<&str>) -> bool {
     match pattern.strip_prefix("*.") {
         Some(suffix) => {
             host.len() > suffix.len() + 1
-                && host.ends_with(suffix)
+                && host.is_char_boundary(host.len() - suffix.len())
+                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
                 && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
         }
-        None => pattern == host,
+        None => pattern.eq_ignore_ascii_case(host),
     }
 }
 
-/// HEAD is allowed wherever GET is (RFC 9110 §9.3.2), as routers answer it
-/// with the GET handler — and as RBAC treats it.
 fn method_allowed(methods: &[Method], method: &Method) -> bool {
     methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
 }
@@ -225,7 +225,7 @@ impl RouteTable {
         for (index, entry) in self.entries.iter().enumerate() {
             let route = &entry.route;
             if let Some(pattern) = &route.host
-                && !host_matches(pattern, host.as_deref())
+                && !host_matches(pattern, host)
             {
                 continue;
             }

@@ -47,6 +47,7 @@ pub struct MtlsClientConfig {
     connect_timeout: Duration,
     allow_plain_http: bool,
     server_name: Option<ServerName<'static>>,
+    offer_http2: bool,
 }
 
 impl MtlsClientConfig {
@@ -68,6 +69,7 @@ impl MtlsClientConfig {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             allow_plain_http: false,
             server_name: None,
+            offer_http2: true,
         })
     }
 
@@ -87,6 +89,19 @@ impl MtlsClientConfig {
     /// they fail, so a mistyped scheme cannot bypass mutual TLS).
     pub fn allow_plain_http(mut self, yes: bool) -> Self {
         self.allow_plain_http = yes;
+        self
+    }
+
+    /// Whether ALPN offers `h2` besides `http/1.1` (default `true`).
+    ///
+    /// Turn it off for a reverse proxy to HTTP/1.1 services that also
+    /// speak HTTP/2: over HTTP/1.1 each request in flight has a connection
+    /// of its own, so a client that stalls its upload or never reads its
+    /// download holds that one connection — never a stream slot or a share
+    /// of the flow-control window of a connection other clients use.
+    /// gRPC upstreams need HTTP/2: keep it on.
+    pub fn offer_http2(mut self, yes: bool) -> Self {
+        self.offer_http2 = yes;
         self
     }
 
@@ -115,8 +130,9 @@ impl MtlsClientConfig {
 /// - TLS with the client certificate of `config`, servers verified against
 ///   the private CA only, the host of each request URI (or
 ///   [`MtlsClientConfig::server_name`]) checked against the server's SANs;
-/// - ALPN offers `h2` and `http/1.1`: the client speaks HTTP/2 to servers that
-///   choose it and HTTP/1.1 otherwise (or HTTP/2 always, with
+/// - ALPN offers `h2` and `http/1.1` (only `http/1.1` with
+///   [`MtlsClientConfig::offer_http2`] off): the client speaks HTTP/2 to
+///   servers that choose it and HTTP/1.1 otherwise (or HTTP/2 always, with
 ///   `Client::builder(..).http2_only(true)`, as gRPC upstreams need);
 /// - `https://` only, unless [`MtlsClientConfig::allow_plain_http`];
 /// - TCP: `TCP_NODELAY`, the configured connect timeout.
@@ -156,7 +172,12 @@ pub fn wrap_connector<H>(config: &MtlsClientConfig, http: H) -> HttpsConnector<H
         Some(name) => builder.with_server_name_resolver(FixedServerNameResolver::new(name.clone())),
         None => builder,
     };
-    builder.enable_http1().enable_http2().wrap_connector(http)
+    let builder = builder.enable_http1();
+    if config.offer_http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    }
 }
 
 /// Verifies servers with webpki against the CA of the current material.

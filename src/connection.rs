@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 /// The address of the peer that opened the connection — the client, or the
 /// last proxy in front of the gateway.
 ///
-/// The server puts it into request extensions (the `tls` module's `serve`
-/// does; with axum, `map_request` from `ConnectInfo`; with hyper-util, in the
+/// The server puts it into request extensions (`server::serve` does, over
+/// TLS too; with axum, `map_request` from `ConnectInfo`; with hyper-util, in the
 /// accept loop). The rate limiter keys on it (and reads forwarding headers
 /// only from trusted proxies), and the proxy appends it to
 /// `X-Forwarded-For`/`Forwarded`.

@@ -11,6 +11,7 @@
 //! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
 //! | [`metrics`] | [`MetricsLayer`] | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
+//! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
@@ -58,6 +59,7 @@
 //! | `tls` | yes | [`tls`]: mTLS servers and clients (rustls) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
 //! | `consul` | no | Consul discovery and registration |
+//! | `server` | yes | [`server`]: the HTTP/1.1 and HTTP/2 server facing clients (hyper-util); `tls` implies it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -75,6 +77,7 @@ pub mod connection;
 #[cfg(feature = "discovery")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;
+#[cfg(any(feature = "server", feature = "proxy"))]
 pub(crate) mod hop_by_hop;
 pub mod identity;
 #[cfg(feature = "metrics")]
@@ -93,6 +96,9 @@ pub mod ratelimit;
 pub mod rbac;
 pub mod reject;
 pub mod route;
+#[cfg(feature = "server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "server")))]
+pub mod server;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;

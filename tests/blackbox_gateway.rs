@@ -588,9 +588,9 @@ async fn two_hundred_requests_in_flight_all_succeed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_silent_connections_are_closed() {
     let gw = Gateway::start_with(app::Config {
-        server: app::serve::Limits {
-            header_timeout: Duration::from_millis(800),
-            ..app::serve::Limits::default()
+        server: tower_gateway::server::Limits {
+            header_read_timeout: Duration::from_millis(800),
+            ..tower_gateway::server::Limits::default()
         },
         ..test_config()
     })

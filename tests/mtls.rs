@@ -316,7 +316,10 @@ fn axum_app(calls: Arc<AtomicUsize>) -> Router {
 async fn serve_axum(
     acceptor: MtlsAcceptor,
     app: Router,
-) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+) -> (
+    SocketAddr,
+    tokio::task::JoinHandle<tower_gateway::server::ShutdownReport>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(tls::serve(listener, acceptor, app).into_future());
@@ -920,7 +923,7 @@ async fn silent_client_is_disconnected_after_the_handshake_timeout() {
         acceptor(&fixtures().server),
         axum_app(Arc::default()),
     )
-    .handshake_timeout(Duration::from_millis(100));
+    .header_read_timeout(Duration::from_millis(100));
     tokio::spawn(serve.into_future());
 
     let mut tcp = TcpStream::connect(addr).await.unwrap();

@@ -398,3 +398,36 @@ async fn the_reference_gateway_refuses_double_encoded_paths() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_gateway_shuts_down_gracefully() {
+    let running = app::start(app::Config {
+        gateway: "127.0.0.1:0".parse().unwrap(),
+        auth: "127.0.0.1:0".parse().unwrap(),
+        ..app::Config::default()
+    })
+    .await
+    .expect("the reference gateway starts");
+    let addr = running.gateway;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let response = client
+        .request(
+            Request::get(format!("http://{addr}/health"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The client's pooled connection is open; shutdown closes it at once
+    // (it is idle) and cuts nothing.
+    let report = tokio::time::timeout(std::time::Duration::from_secs(5), running.shutdown())
+        .await
+        .expect("shutdown completes")
+        .unwrap();
+    assert_eq!((report.open, report.cut), (1, 0), "{report:?}");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "still accepting"
+    );
+}

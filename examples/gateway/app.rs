@@ -5,15 +5,13 @@
 pub mod auth_server;
 #[path = "pki.rs"]
 pub mod pki;
-#[path = "serve.rs"]
-pub mod serve;
 #[path = "services.rs"]
 pub mod services;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{any::Any, net::SocketAddr, time::Duration};
 
 use axum::{Router, http::Method, routing::get};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower::ServiceBuilder;
 use tower_gateway::{
     auth::{FailureBudget, Issuer, JwtAuthLayer},
@@ -24,6 +22,7 @@ use tower_gateway::{
     proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
     ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer},
     rbac::{Policy, RbacLayer, RoleHierarchy},
+    server::{self, Limits, ShutdownReport},
     tls::{self, MtlsClientConfig},
 };
 
@@ -56,8 +55,8 @@ pub struct Config {
     /// (`0`: off). Bounds what a forger can make the gateway spend on
     /// signature checks.
     pub auth_failures_per_minute: u32,
-    /// The server's timeouts and size limits towards clients.
-    pub server: serve::Limits,
+    /// The server's timeouts, caps and size limits towards clients.
+    pub server: Limits,
     /// Serve each service's own metrics on this port and the next two
     /// (orders, payments, inventory), as `examples/observability` expects;
     /// `None`: not served.
@@ -75,17 +74,54 @@ impl Default for Config {
             per_hour: 1000,
             per_ip_second: 0,
             auth_failures_per_minute: 30,
-            server: serve::Limits::default(),
+            server: Limits::default(),
             service_metrics_port: None,
         }
     }
 }
 
-/// A running gateway.
+/// A running gateway. Dropping it leaves the gateway running (until the
+/// runtime ends); [`Running::shutdown`] stops it.
 pub struct Running {
     pub gateway: SocketAddr,
     pub auth: SocketAddr,
     pub services: Vec<(&'static str, SocketAddr)>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<ShutdownReport>,
+}
+
+impl Running {
+    /// Stops the gateway gracefully: no new connections, in-flight
+    /// requests finish (until `Config.server.shutdown_timeout`), then the
+    /// services' Consul registrations are removed.
+    pub async fn shutdown(self) -> Result<ShutdownReport, BoxError> {
+        let _ = self.stop.send(());
+        Ok(self.server.await?)
+    }
+}
+
+/// What lives as long as the gateway serves: discovery sources and
+/// watches, and the Consul registrations to remove when it stops.
+#[derive(Default)]
+struct Keep {
+    alive: Vec<Box<dyn Any + Send>>,
+    #[cfg(feature = "consul")]
+    registrations: Vec<tower_gateway::discovery::consul::ConsulRegistration>,
+}
+
+impl Keep {
+    /// Deregisters from Consul (a registration dropped would be removed by
+    /// a task the exiting process may never run), then drops the rest.
+    async fn release(self) {
+        #[cfg(feature = "consul")]
+        for registration in self.registrations {
+            let id = registration.service_id().to_owned();
+            if let Err(error) = registration.deregister().await {
+                tracing::warn!(service_id = %id, %error, "consul deregistration failed");
+            }
+        }
+        drop(self.alive);
+    }
 }
 
 /// The gateway's own policy: the union of the services' rules, checked
@@ -103,7 +139,7 @@ async fn discovery(
     config: &Config,
     kind: Kind,
     addr: SocketAddr,
-    keep: &mut Vec<Box<dyn std::any::Any + Send>>,
+    keep: &mut Keep,
 ) -> Result<EndpointWatch, BoxError> {
     #[cfg(feature = "consul")]
     if config.consul {
@@ -124,8 +160,8 @@ async fn discovery(
         let watch = consul.watch(kind.name()).spawn()?;
         watch.wait_for_sync(Duration::from_secs(5)).await;
         let view = watch.watch();
-        keep.push(Box::new(registration));
-        keep.push(Box::new(watch));
+        keep.registrations.push(registration);
+        keep.alive.push(Box::new(watch));
         return Ok(view);
     }
     let _ = config;
@@ -135,12 +171,16 @@ async fn discovery(
         addr.port(),
     )]);
     let view = source.watch();
-    keep.push(Box::new(source));
+    keep.alive.push(Box::new(source));
     Ok(view)
 }
 
 /// Starts the auth server, the three services and the gateway.
 pub async fn start(config: Config) -> Result<Running, BoxError> {
+    // The dev auth server signs with jsonwebtoken before any layer is
+    // built; with both JWT backends compiled in (`--all-features`) it must
+    // find the crate's choice in place, not pick one itself.
+    tower_gateway::auth::install_crypto_backend();
     #[cfg(not(feature = "redis"))]
     if config.redis_url.is_some() {
         tracing::warn!(
@@ -166,7 +206,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         pki.gateway.key.as_bytes(),
         pki.ca.as_bytes(),
     )?;
-    let mut keep: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    let mut keep = Keep::default();
     let mut table = RouteTable::builder();
     let mut services = Vec::new();
     for (offset, kind) in [Kind::Orders, Kind::Payments, Kind::Inventory]
@@ -199,8 +239,6 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         );
     }
     let table = table.build()?;
-    // Discovery sources and registrations live as long as the process.
-    std::mem::forget(keep);
 
     #[allow(unused_mut)]
     let mut auth = JwtAuthLayer::builder()
@@ -287,12 +325,27 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .fallback_service(gateway);
     let listener = TcpListener::bind(config.gateway).await?;
     let gateway_addr = listener.local_addr()?;
-    // Not `axum::serve`: it has no header read timeout (slowloris), no limit
-    // on connections, and inserts no `ClientAddr`; see `serve.rs`.
-    tokio::spawn(serve::serve(listener, app, config.server));
+    // Not `axum::serve`: it has no header read timeout (slowloris), no
+    // limit on connections, no edge checks, and inserts no `ClientAddr`.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serve = server::serve(listener, app)
+        .limits(config.server)
+        .with_graceful_shutdown(async {
+            // A dropped `Running` is no request to stop.
+            if stopped.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+    let server = tokio::spawn(async move {
+        let report = serve.await;
+        keep.release().await;
+        report
+    });
     Ok(Running {
         gateway: gateway_addr,
         auth: auth_addr,
         services,
+        stop,
+        server,
     })
 }

@@ -1,5 +1,7 @@
 //! The reference gateway: a development auth server, the Order, Payment and
 //! Inventory services, and the gateway in front of them — all on loopback.
+//! SIGINT or SIGTERM shuts the gateway down gracefully (in-flight requests
+//! finish; Consul registrations are removed).
 //!
 //! ```text
 //! client ─► gateway 127.0.0.1:8080
@@ -84,6 +86,24 @@ async fn main() -> Result<(), app::BoxError> {
             port + 2
         );
     }
-    tokio::signal::ctrl_c().await?;
+    stop_signal().await?;
+    tracing::info!("shutting down: finishing in-flight requests");
+    let report = running.shutdown().await?;
+    tracing::info!(open = report.open, cut = report.cut, "gateway stopped");
     Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (`docker stop`, Kubernetes).
+async fn stop_signal() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
 }

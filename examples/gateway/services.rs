@@ -254,7 +254,7 @@ pub async fn start(
     let name = kind.name();
     let app = ServiceBuilder::new()
         .map_request(
-            move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            move |mut request: axum::http::Request<tower_gateway::server::Body>| {
                 request.extensions_mut().insert(RouteTemplate::new(name));
                 request
             },

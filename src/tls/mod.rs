@@ -156,4 +156,4 @@ pub use layer::{AddPeerIdentity, PeerIdentityLayer};
 pub use peer::{PeerCertificateError, parse_peer_certificate, peer_identity};
 pub use reload::{CertificateFiles, ReloadStatus, ReloadingCertificates};
 pub use roles::PeerRoles;
-pub use serve::{Serve, serve};
+pub use serve::serve;

@@ -1,0 +1,416 @@
+//! One connection: its first byte, its TLS handshake, then HTTP/1.1 or
+//! HTTP/2 until the client leaves, idles too long or the server shuts down.
+
+use std::{
+    error::Error as StdError,
+    future::Future,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use pin_project_lite::pin_project;
+use tokio::{net::TcpStream, sync::Notify};
+use tower::util::Oneshot;
+use tower_service::Service;
+
+use super::{
+    BoxError, Limits,
+    body::Body,
+    edge::Edge,
+    io::ProgressIo,
+    serve::Slots,
+    shutdown::{Signals, cut, draining},
+};
+use crate::{
+    connection::{ClientAddr, RequestBodyTimeout},
+    reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody},
+};
+
+/// What every connection task shares: the hyper builder, the limits, the
+/// shutdown signals.
+pub(crate) struct Shared {
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) limits: Limits,
+    pub(crate) renderer: Renderer,
+    pub(crate) signals: Signals,
+    #[cfg(feature = "tls")]
+    pub(crate) acceptor: Option<crate::tls::MtlsAcceptor>,
+}
+
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
+
+/// One connection's state, shared by its requests and its idle watch.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    /// Renders the 408 of a stalled upload.
+    renderer: Renderer,
+    /// Requests in flight plus response bodies not yet sent: the open
+    /// streams.
+    open: AtomicUsize,
+    /// Told when `open` goes from 0 to 1 or from 1 to 0.
+    changed: Notify,
+    /// The protocol, once a request told.
+    protocol: AtomicU8,
+    /// HTTP/1.1: the current request's body has not been read to its end.
+    body_unread: AtomicBool,
+}
+
+impl ConnState {
+    fn new(renderer: Renderer) -> Self {
+        Self {
+            renderer,
+            open: AtomicUsize::new(0),
+            changed: Notify::new(),
+            protocol: AtomicU8::new(0),
+            body_unread: AtomicBool::new(false),
+        }
+    }
+
+    fn open_stream(self: &Arc<Self>) -> StreamGuard {
+        if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.changed.notify_one();
+        }
+        StreamGuard(self.clone())
+    }
+
+    pub(crate) fn body_read(&self) {
+        self.body_unread.store(false, Ordering::Release);
+    }
+
+    /// Completes when no stream has been open for the idle timeout of the
+    /// connection's protocol (before the first request, the longer of the
+    /// two: the header read timeout bounds HTTP/1.1 there anyway).
+    async fn idle(&self, limits: &Limits) {
+        loop {
+            if self.open.load(Ordering::Acquire) == 0 {
+                let timeout = match self.protocol.load(Ordering::Relaxed) {
+                    HTTP1 => limits.keep_alive_timeout,
+                    HTTP2 => limits.http2_idle_timeout,
+                    _ => limits.keep_alive_timeout.max(limits.http2_idle_timeout),
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(timeout) => {
+                        if self.open.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                    }
+                    () = self.changed.notified() => {}
+                }
+            } else {
+                self.changed.notified().await;
+            }
+        }
+    }
+}
+
+/// One open stream; dropped when its response body is sent (or the
+/// request fails).
+#[derive(Debug)]
+pub(crate) struct StreamGuard(Arc<ConnState>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// Serves one accepted TCP connection to its end.
+pub(crate) async fn serve_connection<S, B>(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    service: S,
+    shared: Arc<Shared>,
+    slots: Slots,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let _ = tcp.set_nodelay(true);
+    let limits = shared.limits;
+    let mut drain = shared.signals.drain.clone();
+    // The auto builder waits for the first bytes (HTTP/2 preface or not)
+    // with no timeout of its own: a client that sends nothing would hold
+    // the connection forever.
+    let first_byte = async {
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(limits.header_read_timeout, tcp.peek(&mut byte)).await,
+            Ok(Ok(1..))
+        )
+    };
+    tokio::select! {
+        sent = first_byte => if !sent {
+            tracing::debug!(target: "tower_gateway::server", %remote, "no request within the header read timeout");
+            return;
+        },
+        () = draining(&mut drain) => return,
+    }
+    let io = ProgressIo::new(tcp, limits.progress_timeout, slots);
+    #[cfg(feature = "tls")]
+    if let Some(acceptor) = &shared.acceptor {
+        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
+        let accepted = tokio::select! {
+            accepted = handshake => accepted,
+            () = draining(&mut drain) => return,
+        };
+        let accepted = match accepted {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(error)) => {
+                tracing::debug!(target: "tower_gateway::tls", %remote, %error, "tls handshake refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(target: "tower_gateway::tls", %remote, "tls handshake timed out");
+                return;
+            }
+        };
+        tracing::debug!(
+            target: "tower_gateway::tls",
+            %remote,
+            subject = %accepted.peer().subject,
+            sans = ?accepted.peer().sans,
+            "mtls connection accepted"
+        );
+        let (stream, layer) = accepted.into_parts();
+        let service = tower_layer::Layer::layer(&layer, service);
+        return http(TokioIo::new(stream), remote, service, &shared, drain).await;
+    }
+    http(TokioIo::new(io), remote, service, &shared, drain).await;
+}
+
+/// HTTP on an established connection.
+async fn http<I, S, B>(
+    io: I,
+    remote: SocketAddr,
+    service: S,
+    shared: &Shared,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let state = Arc::new(ConnState::new(shared.renderer.clone()));
+    let service = ConnService {
+        inner: Edge::new(service, shared.renderer.clone()),
+        state: state.clone(),
+        client: ClientAddr(remote),
+        progress_timeout: shared.limits.progress_timeout,
+    };
+    let mut cut_signal = shared.signals.cut.clone();
+    let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
+    let mut idle = pin!(state.idle(&shared.limits));
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = conn.as_mut() => break result,
+            () = draining(&mut drain), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = idle.as_mut(), if !closing => {
+                tracing::debug!(target: "tower_gateway::server", %remote, "closing an idle connection");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = cut(&mut cut_signal) => {
+                shared.signals.cut_one();
+                tracing::debug!(target: "tower_gateway::server", %remote, "connection cut at the shutdown deadline");
+                return;
+            }
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(target: "tower_gateway::server", %remote, %error, "connection ended with an error");
+    }
+}
+
+/// The per-connection hyper service: the request enters as hyper's, leaves
+/// as the user service's.
+struct ConnService<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    client: ClientAddr,
+    progress_timeout: Duration,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for ConnService<S>
+where
+    S: Service<Request<Body>, Response = Response<ResponseBody<B>>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<TrackedBody<ResponseBody<B>>>;
+    type Error = BoxError;
+    type Future = ConnFuture<S>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let guard = self.state.open_stream();
+        let http1 = request.version() < Version::HTTP_2;
+        self.state
+            .protocol
+            .store(if http1 { HTTP1 } else { HTTP2 }, Ordering::Relaxed);
+        let (mut parts, incoming) = request.into_parts();
+        let conn = if http1 {
+            let unread = !http_body::Body::is_end_stream(&incoming);
+            self.state.body_unread.store(unread, Ordering::Release);
+            unread.then(|| self.state.clone())
+        } else {
+            None
+        };
+        parts.extensions.insert(self.client);
+        // What a renderer may look at, should the body time out: a few
+        // reference-counted clones.
+        let head = Head {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        };
+        let request = Request::from_parts(parts, Body::new(incoming, self.progress_timeout, conn));
+        ConnFuture {
+            call: Oneshot::new(self.inner.clone(), request),
+            guard: Some(guard),
+            http1,
+            head,
+        }
+    }
+}
+
+struct Head {
+    method: Method,
+    uri: Uri,
+    content_type: Option<HeaderValue>,
+}
+
+pin_project! {
+    /// The response future of [`ConnService`].
+    pub(crate) struct ConnFuture<S>
+    where
+        S: Service<Request<Body>>,
+    {
+        #[pin]
+        call: Oneshot<S, Request<Body>>,
+        guard: Option<StreamGuard>,
+        http1: bool,
+        head: Head,
+    }
+}
+
+impl<S, B> Future for ConnFuture<S>
+where
+    S: Service<Request<Body>, Response = Response<ResponseBody<B>>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<TrackedBody<ResponseBody<B>>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.call.poll(cx));
+        let Some(guard) = this.guard.take() else {
+            return Poll::Ready(Err("ConnFuture polled after completion".into()));
+        };
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let error = error.into();
+                if !is_body_timeout(&*error) {
+                    return Poll::Ready(Err(error));
+                }
+                // The client stalled its upload: its fault, 408.
+                let rejection = Rejection::new(
+                    RejectionKind::RequestTimeout,
+                    "request_body_timeout",
+                    "the request body stopped arriving",
+                );
+                let mut headers = HeaderMap::new();
+                if let Some(content_type) = this.head.content_type.take() {
+                    headers.insert(header::CONTENT_TYPE, content_type);
+                }
+                let head = RequestHead::new(&this.head.method, &this.head.uri, &headers);
+                guard
+                    .0
+                    .renderer
+                    .render(&rejection, &head)
+                    .map(ResponseBody::rejection)
+            }
+        };
+        // RFC 9112 §9.6: the client must know that the connection will
+        // close — hyper will not read the rest of the body to reuse it.
+        if *this.http1 && guard.0.body_unread.load(Ordering::Acquire) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            body,
+            _guard: guard,
+        })))
+    }
+}
+
+/// Whether the client's stalled upload caused `error`.
+fn is_body_timeout(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<RequestBodyTimeout>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+pin_project! {
+    /// A response body that keeps its stream counted as open until hyper
+    /// has sent it (and drops it).
+    pub(crate) struct TrackedBody<B> {
+        #[pin]
+        body: B,
+        _guard: StreamGuard,
+    }
+}
+
+impl<B> http_body::Body for TrackedBody<B>
+where
+    B: http_body::Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

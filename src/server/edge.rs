@@ -1,0 +1,269 @@
+//! The edge layer: what every request must pass before any gateway layer
+//! sees it.
+
+use std::task::{Context, Poll};
+
+use http::{Request, Response, Version, header, uri::Authority};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    hop_by_hop::{is_upgrade, remove_hop_by_hop},
+    reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody, ResponseFuture},
+};
+
+/// Checks and cleans requests where they enter the gateway; apply it
+/// outermost. [`serve`](super::serve) applies it for you; with another
+/// server (`axum::serve`, hyper-util) wrap your service in it.
+///
+/// - Hop-by-hop headers (RFC 9110 §7.6.1) are removed, those a client
+///   names in `Connection` included, once and before any layer runs — so a
+///   client's `Connection: x-user-id` cannot remove the `x-user-id` a
+///   layer sets later. Upgrades (`Connection: upgrade` + `Upgrade`) are
+///   kept.
+/// - A `Transfer-Encoding` other than a single `chunked` is answered 501
+///   (RFC 9112 §6.1): hyper decodes the chunked framing only, and would
+///   pass `gzip` bytes on as if they were the content.
+/// - 400 for a request target with user info (`http://user:pw@host/`, RFC
+///   9110 §4.2.4), for more than one `Host` or an invalid one, and for an
+///   HTTP/1.1 request without `Host` (RFC 9112 §3.2) — hyper checks none of
+///   these, and routing by host, `X-Forwarded-Host` and a preserved `Host`
+///   would each pick one of several values.
+///
+/// Refusals are rendered by the [`Renderer`] (problem JSON; gRPC
+/// trailers-only for gRPC requests). The error type is the inner
+/// service's, so the layer fits under `axum::serve` (which needs
+/// `Infallible`).
+///
+/// ```
+/// use std::convert::Infallible;
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_gateway::server::EdgeLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let service = ServiceBuilder::new()
+///     .layer(EdgeLayer::new())
+///     .service_fn(|request: Request<String>| async move {
+///         // Named in `Connection`, hence removed before this runs.
+///         assert!(!request.headers().contains_key("x-secret"));
+///         Ok::<_, Infallible>(Response::new(String::from("ok")))
+///     });
+/// let request = Request::builder()
+///     .uri("/")
+///     .header("host", "example.com")
+///     .header("connection", "x-secret")
+///     .header("x-secret", "1")
+///     .body(String::new())
+///     .unwrap();
+/// let response = service.clone().oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+///
+/// let smuggled = Request::builder()
+///     .uri("/")
+///     .header("host", "example.com")
+///     .header("transfer-encoding", "gzip, chunked")
+///     .body(String::new())
+///     .unwrap();
+/// let response = service.oneshot(smuggled).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+/// # }
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct EdgeLayer {
+    renderer: Renderer,
+}
+
+impl EdgeLayer {
+    /// The edge layer, rendering refusals with the default [`Renderer`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renders refusals with `renderer`.
+    pub fn renderer(mut self, renderer: Renderer) -> Self {
+        self.renderer = renderer;
+        self
+    }
+}
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Edge {
+            inner,
+            renderer: self.renderer.clone(),
+        }
+    }
+}
+
+/// The service of [`EdgeLayer`].
+#[derive(Debug, Clone)]
+pub struct Edge<S> {
+    inner: S,
+    renderer: Renderer,
+}
+
+impl<S> Edge<S> {
+    /// Wraps `inner`, rendering refusals with `renderer`.
+    pub fn new(inner: S, renderer: Renderer) -> Self {
+        Self { inner, renderer }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Edge<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        if let Err(refusal) = check(&request) {
+            return ResponseFuture::rejected(
+                self.renderer
+                    .respond(&refusal.rejection(), &RequestHead::of(&request)),
+            );
+        }
+        let upgrade = is_upgrade(request.headers());
+        remove_hop_by_hop(request.headers_mut(), upgrade);
+        ResponseFuture::inner(self.inner.call(request))
+    }
+}
+
+/// Why a request may not enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    TransferCoding,
+    UserInfo,
+    Host,
+}
+
+impl Refusal {
+    fn rejection(self) -> Rejection {
+        match self {
+            Self::TransferCoding => Rejection::new(
+                RejectionKind::NotImplemented,
+                "unsupported_transfer_coding",
+                "only the chunked transfer coding is supported",
+            ),
+            Self::UserInfo => Rejection::bad_request(
+                "userinfo_in_target",
+                "the request target must not carry user info",
+            ),
+            Self::Host => {
+                Rejection::bad_request("invalid_host", "missing, repeated or invalid Host")
+            }
+        }
+    }
+}
+
+/// Checks the request head; a few header lookups.
+fn check<B>(request: &Request<B>) -> Result<(), Refusal> {
+    let headers = request.headers();
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(first) = codings.next() {
+        let chunked_only = codings.next().is_none()
+            && first
+                .as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"chunked");
+        if !chunked_only {
+            return Err(Refusal::TransferCoding);
+        }
+    }
+    if request
+        .uri()
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        return Err(Refusal::UserInfo);
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let valid = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => false,
+        // RFC 9112 §3.2: empty when the target has no authority.
+        (Some(host), None) => {
+            host.is_empty()
+                || Authority::try_from(host.as_bytes())
+                    .is_ok_and(|authority| !authority.as_str().contains('@'))
+        }
+        // HTTP/2 carries `:authority` in the URI; HTTP/1.0 may omit `Host`.
+        (None, _) => request.version() != Version::HTTP_11,
+    };
+    if valid { Ok(()) } else { Err(Refusal::Host) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().version(version).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    fn status(request: &Request<()>) -> u16 {
+        check(request).map_or_else(|r| r.rejection().status().as_u16(), |()| 200)
+    }
+
+    #[test]
+    fn host_rules() {
+        let h11 = Version::HTTP_11;
+        assert_eq!(status(&request(h11, "/", &[("host", "a:80")])), 200);
+        assert_eq!(status(&request(h11, "/", &[("host", "")])), 200);
+        assert_eq!(status(&request(h11, "/", &[])), 400);
+        assert_eq!(
+            status(&request(h11, "/", &[("host", "a"), ("host", "b")])),
+            400
+        );
+        assert_eq!(status(&request(h11, "/", &[("host", "u@a")])), 400);
+        assert_eq!(status(&request(h11, "/", &[("host", "a b")])), 400);
+        assert_eq!(status(&request(h11, "http://a/", &[])), 400);
+        assert_eq!(
+            status(&request(h11, "http://u:p@a/", &[("host", "a")])),
+            400
+        );
+        assert_eq!(status(&request(Version::HTTP_10, "/", &[])), 200);
+        assert_eq!(status(&request(Version::HTTP_2, "https://a/", &[])), 200);
+    }
+
+    #[test]
+    fn only_a_single_chunked_coding_passes() {
+        let h11 = Version::HTTP_11;
+        let te = |v: &'static str| request(h11, "/", &[("host", "a"), ("transfer-encoding", v)]);
+        assert_eq!(status(&te("chunked")), 200);
+        assert_eq!(status(&te(" Chunked ")), 200);
+        assert_eq!(status(&te("gzip, chunked")), 501);
+        assert_eq!(status(&te("chunked, chunked")), 501);
+        let two = request(
+            h11,
+            "/",
+            &[
+                ("host", "a"),
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(status(&two), 501);
+    }
+}

@@ -67,6 +67,10 @@ fn echo() -> impl tower::Service<
 + Send
 + 'static {
     tower::service_fn(|request: Request<server::Body>| async move {
+        if request.uri().path() == "/slow" {
+            // Keeps its connection busy (a stream open) for a while.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
         let client = request
             .extensions()
             .get::<ClientAddr>()
@@ -322,11 +326,15 @@ async fn one_ip_at_its_cap_does_not_lock_out_another() {
             .max_connections_per_ip(2)
             .header_read_timeout(Duration::from_secs(10)),
     );
-    // 127.0.0.1 takes both its slots (with a partial head, so they stay).
+    // 127.0.0.1 takes both its slots, busy with requests in flight (idle
+    // ones would make room, see below).
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut stream = connect_from([127, 0, 0, 1], addr).await;
-        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
         held.push(stream);
     }
     // Let the accept loop count them.
@@ -427,9 +435,12 @@ async fn connections_beyond_the_cap_wait_for_a_slot() {
             .header_read_timeout(Duration::from_secs(10)),
     );
     let mut first = TcpStream::connect(addr).await.unwrap();
-    first.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    first
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // The second waits in the backlog while the first is open...
+    // The second waits in the backlog while the first is busy...
     let mut second = TcpStream::connect(addr).await.unwrap();
     second
         .write_all(b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
@@ -441,6 +452,60 @@ async fn connections_beyond_the_cap_wait_for_a_slot() {
     drop(first);
     let text = read_all(&mut second, BOUND).await;
     assert_eq!(status_of(&text), 200, "{text}");
+}
+
+/// A flood of idle connections (kept alive, or silent after a partial
+/// head) cannot lock a client with work to do out: at the overall cap and
+/// at the per-IP cap, the longest-idle connection makes room.
+#[tokio::test]
+async fn idle_connections_make_room_for_new_clients_at_either_cap() {
+    for (overall, per_ip) in [(3, 100), (100, 3)] {
+        let addr = spawn(
+            server::serve(bind().await, echo())
+                .max_connections(overall)
+                .max_connections_per_ip(per_ip)
+                .header_read_timeout(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(10)),
+        );
+        let mut idle = Vec::new();
+        // One kept alive after a request, two silent after a partial head.
+        let mut kept = connect_from([127, 0, 0, 1], addr).await;
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut kept).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        idle.push(kept);
+        for _ in 0..2 {
+            let mut stream = connect_from([127, 0, 0, 1], addr).await;
+            stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            idle.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A new client is served at once, in their place.
+        for _ in 0..3 {
+            let started = Instant::now();
+            let text = raw(
+                addr,
+                b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
+                BOUND,
+            )
+            .await;
+            assert_eq!(status_of(&text), 200, "caps {overall}/{per_ip}: {text}");
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+        // The idle ones were closed to make room.
+        let mut closed = 0;
+        for stream in &mut idle {
+            if closes_within(stream, Duration::from_secs(1)).await {
+                closed += 1;
+            }
+        }
+        assert!(
+            closed >= 1,
+            "caps {overall}/{per_ip}: no idle connection made room"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -8,10 +8,10 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -54,7 +54,8 @@ pub(crate) struct Shared {
 const HTTP1: u8 = 1;
 const HTTP2: u8 = 2;
 
-/// One connection's state, shared by its requests and its idle watch.
+/// One connection's state, shared by its requests, its idle watch and the
+/// accept loop (which may ask an idle connection to make room).
 #[derive(Debug)]
 pub(crate) struct ConnState {
     /// Renders the 408 of a stalled upload.
@@ -62,8 +63,16 @@ pub(crate) struct ConnState {
     /// Requests in flight plus response bodies not yet sent: the open
     /// streams.
     open: AtomicUsize,
-    /// Told when `open` goes from 0 to 1 or from 1 to 0.
-    changed: Notify,
+    /// When the connection was accepted; `idle_since` counts from it.
+    born: Instant,
+    /// When `open` last dropped to 0, in nanoseconds since `born`. Read
+    /// only when the idle timer fires, so a request costs a clock read,
+    /// not a timer reset.
+    idle_since: AtomicU64,
+    /// The accept loop asks this connection to close (it is idle and a
+    /// slot is needed); `evicting` once asked.
+    evict: Notify,
+    evicting: AtomicBool,
     /// The protocol, once a request told.
     protocol: AtomicU8,
     /// HTTP/1.1: the current request's body has not been read to its end.
@@ -71,20 +80,21 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    fn new(renderer: Renderer) -> Self {
+    pub(crate) fn new(renderer: Renderer) -> Self {
         Self {
             renderer,
             open: AtomicUsize::new(0),
-            changed: Notify::new(),
+            born: Instant::now(),
+            idle_since: AtomicU64::new(0),
+            evict: Notify::new(),
+            evicting: AtomicBool::new(false),
             protocol: AtomicU8::new(0),
             body_unread: AtomicBool::new(false),
         }
     }
 
     fn open_stream(self: &Arc<Self>) -> StreamGuard {
-        if self.open.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.changed.notify_one();
-        }
+        self.open.fetch_add(1, Ordering::AcqRel);
         StreamGuard(self.clone())
     }
 
@@ -92,28 +102,56 @@ impl ConnState {
         self.body_unread.store(false, Ordering::Release);
     }
 
+    /// When the connection has been idle since, if it is idle now.
+    pub(crate) fn idle_at(&self) -> Option<Instant> {
+        (self.open.load(Ordering::Acquire) == 0)
+            .then(|| self.born + Duration::from_nanos(self.idle_since.load(Ordering::Relaxed)))
+    }
+
+    /// Whether the connection is idle and was not asked to close yet.
+    pub(crate) fn evictable(&self) -> Option<Instant> {
+        if self.evicting.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.idle_at()
+    }
+
+    /// The connection left HTTP (closed or upgraded): never a victim.
+    fn retire(&self) {
+        self.evicting.store(true, Ordering::Relaxed);
+    }
+
+    /// Asks the connection to close gracefully.
+    pub(crate) fn evict(&self) {
+        self.evicting.store(true, Ordering::Relaxed);
+        self.evict.notify_one();
+    }
+
+    fn idle_timeout(&self, limits: &Limits) -> Duration {
+        match self.protocol.load(Ordering::Relaxed) {
+            HTTP1 => limits.keep_alive_timeout,
+            HTTP2 => limits.http2_idle_timeout,
+            _ => limits.keep_alive_timeout.max(limits.http2_idle_timeout),
+        }
+    }
+
     /// Completes when no stream has been open for the idle timeout of the
     /// connection's protocol (before the first request, the longer of the
-    /// two: the header read timeout bounds HTTP/1.1 there anyway).
+    /// two: the header read timeout bounds HTTP/1.1 there anyway). One
+    /// timer, re-armed only when it fires.
     async fn idle(&self, limits: &Limits) {
+        // The protocol may not be known yet: fire at the shorter timeout,
+        // then re-arm for what is left.
+        let first = limits.keep_alive_timeout.min(limits.http2_idle_timeout);
+        let mut deadline = Instant::now() + first;
         loop {
-            if self.open.load(Ordering::Acquire) == 0 {
-                let timeout = match self.protocol.load(Ordering::Relaxed) {
-                    HTTP1 => limits.keep_alive_timeout,
-                    HTTP2 => limits.http2_idle_timeout,
-                    _ => limits.keep_alive_timeout.max(limits.http2_idle_timeout),
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(timeout) => {
-                        if self.open.load(Ordering::Acquire) == 0 {
-                            return;
-                        }
-                    }
-                    () = self.changed.notified() => {}
-                }
-            } else {
-                self.changed.notified().await;
-            }
+            tokio::time::sleep_until(deadline.into()).await;
+            let timeout = self.idle_timeout(limits);
+            deadline = match self.idle_at() {
+                Some(since) if since + timeout <= Instant::now() => return,
+                Some(since) => since + timeout,
+                None => Instant::now() + timeout,
+            };
         }
     }
 }
@@ -125,8 +163,10 @@ pub(crate) struct StreamGuard(Arc<ConnState>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.changed.notify_one();
+        let state = &self.0;
+        if state.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = state.born.elapsed().as_nanos() as u64;
+            state.idle_since.store(since, Ordering::Relaxed);
         }
     }
 }
@@ -138,6 +178,7 @@ pub(crate) async fn serve_connection<S, B>(
     service: S,
     shared: Arc<Shared>,
     slots: Slots,
+    state: Arc<ConnState>,
 ) where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -159,6 +200,7 @@ pub(crate) async fn serve_connection<S, B>(
         )
     };
     tokio::select! {
+        () = state.evict.notified() => return,
         sent = first_byte => if !sent {
             tracing::debug!(target: "tower_gateway::server", %remote, "no request within the header read timeout");
             return;
@@ -193,9 +235,9 @@ pub(crate) async fn serve_connection<S, B>(
         );
         let (stream, layer) = accepted.into_parts();
         let service = tower_layer::Layer::layer(&layer, service);
-        return http(TokioIo::new(stream), remote, service, &shared, drain).await;
+        return http(TokioIo::new(stream), remote, service, &shared, drain, state).await;
     }
-    http(TokioIo::new(io), remote, service, &shared, drain).await;
+    http(TokioIo::new(io), remote, service, &shared, drain, state).await;
 }
 
 /// HTTP on an established connection.
@@ -205,6 +247,7 @@ async fn http<I, S, B>(
     service: S,
     shared: &Shared,
     mut drain: tokio::sync::watch::Receiver<bool>,
+    state: Arc<ConnState>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
@@ -213,7 +256,6 @@ async fn http<I, S, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let state = Arc::new(ConnState::new(shared.renderer.clone()));
     let service = ConnService {
         inner: Edge::new(service, shared.renderer.clone()),
         state: state.clone(),
@@ -227,6 +269,11 @@ async fn http<I, S, B>(
     let result = loop {
         tokio::select! {
             result = conn.as_mut() => break result,
+            () = state.evict.notified(), if !closing => {
+                tracing::debug!(target: "tower_gateway::server", %remote, "closing an idle connection to make room");
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
             () = draining(&mut drain), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
@@ -243,6 +290,9 @@ async fn http<I, S, B>(
             }
         }
     };
+    // Over, or upgraded (the upgraded IO keeps the slots): nothing to
+    // evict any more.
+    state.retire();
     if let Err(error) = result {
         tracing::debug!(target: "tower_gateway::server", %remote, %error, "connection ended with an error");
     }

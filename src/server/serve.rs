@@ -26,7 +26,7 @@ use tower_service::Service;
 use super::{
     BoxError, Limits, ShutdownReport,
     body::Body,
-    conn::{Shared, serve_connection},
+    conn::{ConnState, Shared, serve_connection},
     shutdown::Shutdown,
 };
 use crate::reject::Renderer;
@@ -34,6 +34,9 @@ use crate::reject::Renderer;
 /// The pause after an accept error that is not about one connection
 /// (`EMFILE`: out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a connection waiting for a slot looks for an idle one to
+/// make room.
+const EVICTION_RETRY: Duration = Duration::from_millis(100);
 /// How often an HTTP/2 connection is pinged, and how long the answer may
 /// take: a peer that is gone is noticed even with no stream open.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(30);
@@ -273,14 +276,8 @@ where
     });
     let max_connections = limits.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max_connections));
-    let per_ip = Arc::new(PerIp::new(limits.max_connections_per_ip.max(1)));
+    let registry = Arc::new(Registry::new(limits.max_connections_per_ip.max(1)));
     loop {
-        // Beyond the cap, clients wait in the listen backlog.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = signal.as_mut() => break,
-        };
-        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = signal.as_mut() => break,
@@ -296,17 +293,35 @@ where
                 }
             }
         };
-        let Some(ip_slot) = IpSlot::take(&per_ip, client_key(remote.ip())) else {
+        // At the cap, the longest-idle connection is asked to make room
+        // for this one; with none idle, this one waits for a slot (and
+        // the clients behind it in the listen backlog).
+        let slot = loop {
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                break Some(slot);
+            }
+            // A busy connection may turn idle while this one waits: look
+            // again now and then.
+            registry.evict_idle(None);
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => break slot.ok(),
+                () = tokio::time::sleep(EVICTION_RETRY) => {}
+                () = signal.as_mut() => break None,
+            }
+        };
+        let Some(slot) = slot else { break };
+        let state = Arc::new(ConnState::new(shared.renderer.clone()));
+        let Some(registration) = registry.admit(client_key(remote.ip()), &state) else {
             tracing::debug!(
                 target: "tower_gateway::server",
                 %remote,
-                "connection refused: the client's IP holds its maximum of connections"
+                "connection refused: the client's IP holds its maximum of busy connections"
             );
             continue;
         };
         let slots = Slots {
             _all: slot,
-            _ip: ip_slot,
+            _registration: registration,
         };
         tokio::spawn(serve_connection(
             tcp,
@@ -314,6 +329,7 @@ where
             service.clone(),
             shared.clone(),
             slots,
+            state,
         ));
     }
     // New connections are refused from here on.
@@ -350,61 +366,104 @@ fn client_key(ip: IpAddr) -> IpAddr {
 }
 
 /// A connection's places under the caps, given back when dropped.
+/// What an open connection holds: a slot under the overall cap and its
+/// place in the registry (the per-IP count). Dropped with the
+/// connection's IO, so an upgraded connection still holds them.
 #[derive(Debug)]
 pub(crate) struct Slots {
     _all: OwnedSemaphorePermit,
-    _ip: IpSlot,
+    _registration: Registration,
 }
 
-/// Open connections per client IP address.
+/// The open connections: how many each client IP holds, and each one's
+/// state, so that an idle connection can be asked to make room for a new
+/// one — idle keep-alive connections are the cheapest to give up (as
+/// nginx reuses them under `worker_connections` pressure), and a flood of
+/// idle connections must not lock out a client that has work to do.
 #[derive(Debug)]
-struct PerIp {
-    max: usize,
-    open: Mutex<HashMap<IpAddr, usize>>,
+struct Registry {
+    max_per_ip: usize,
+    inner: Mutex<RegistryInner>,
 }
 
-impl PerIp {
-    fn new(max: usize) -> Self {
-        Self {
-            max,
-            open: Mutex::new(HashMap::new()),
-        }
+#[derive(Debug, Default)]
+struct RegistryInner {
+    per_ip: HashMap<IpAddr, usize>,
+    conns: HashMap<u64, (IpAddr, Arc<ConnState>)>,
+    next_id: u64,
+}
+
+impl RegistryInner {
+    /// The connection idle the longest (of `ip`, if given), not already
+    /// asked to close.
+    fn longest_idle(&self, ip: Option<IpAddr>) -> Option<&Arc<ConnState>> {
+        self.conns
+            .values()
+            .filter(|(key, _)| ip.is_none_or(|ip| ip == *key))
+            .filter_map(|(_, state)| state.evictable().map(|since| (since, state)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, state)| state)
     }
 }
 
-/// One connection of a client IP; gives its place back when dropped.
-#[derive(Debug)]
-struct IpSlot {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl IpSlot {
-    fn take(table: &Arc<PerIp>, ip: IpAddr) -> Option<Self> {
-        let mut open = table.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = open.entry(ip).or_insert(0);
-        if *count >= table.max {
-            return None;
+impl Registry {
+    fn new(max_per_ip: usize) -> Self {
+        Self {
+            max_per_ip,
+            inner: Mutex::new(RegistryInner::default()),
         }
-        *count += 1;
-        Some(Self {
-            table: table.clone(),
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RegistryInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a new connection of `ip`. At the per-IP cap, the IP's
+    /// longest-idle connection is asked to close and the new one admitted
+    /// in its place; with none idle, the new one is refused.
+    fn admit(self: &Arc<Self>, ip: IpAddr, state: &Arc<ConnState>) -> Option<Registration> {
+        let mut inner = self.lock();
+        if inner.per_ip.get(&ip).copied().unwrap_or(0) >= self.max_per_ip {
+            inner.longest_idle(Some(ip))?.evict();
+        }
+        *inner.per_ip.entry(ip).or_insert(0) += 1;
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.conns.insert(id, (ip, state.clone()));
+        Some(Registration {
+            registry: self.clone(),
             ip,
+            id,
         })
     }
+
+    /// Asks the longest-idle connection (of `ip`, if given) to close.
+    fn evict_idle(&self, ip: Option<IpAddr>) -> bool {
+        let inner = self.lock();
+        let victim = inner.longest_idle(ip);
+        if let Some(victim) = victim {
+            victim.evict();
+        }
+        victim.is_some()
+    }
 }
 
-impl Drop for IpSlot {
+/// A connection's place in the [`Registry`].
+#[derive(Debug)]
+struct Registration {
+    registry: Arc<Registry>,
+    ip: IpAddr,
+    id: u64,
+}
+
+impl Drop for Registration {
     fn drop(&mut self) {
-        let mut open = self
-            .table
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.ip) {
+        let mut inner = self.registry.lock();
+        inner.conns.remove(&self.id);
+        if let Some(count) = inner.per_ip.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {
-                open.remove(&self.ip);
+                inner.per_ip.remove(&self.ip);
             }
         }
     }

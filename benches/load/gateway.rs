@@ -159,7 +159,7 @@ async fn run(
 async fn limits(redis: Option<&str>, observer: Observer) -> Result<RateLimitLayer, BoxError> {
     let builder = RateLimitLayer::builder()
         .key(Consumer::subject().or(ClientIp::peer()))
-        .limit(Limit::new().per_second(10_000_000).per_hour(2_000_000_000))
+        .limit(Limit::new().per_second(1_000_000).per_hour(1_000_000_000))
         .observer(observer);
     #[cfg(feature = "redis")]
     if let Some(url) = redis {

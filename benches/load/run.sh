@@ -93,13 +93,16 @@ for b in load_upstream load_bare_proxy load_gateway load_idle_conns; do
 done
 
 # --- process helpers ---------------------------------------------------------
+# free_port <var>: a free loopback port not handed out before (no command
+# substitution: the list of ports handed out lives in this shell).
+USED_PORTS=" "
 free_port() {
     local p
     while :; do
         p=$((20000 + RANDOM % 30000))
-        if ! ss -Htln "sport = :$p" | grep -q . && [[ " ${USED_PORTS:-} " != *" $p "* ]]; then
-            USED_PORTS="${USED_PORTS:-} $p"
-            echo "$p"
+        if [[ $USED_PORTS != *" $p "* ]] && ! ss -Htln "sport = :$p" | grep -q .; then
+            USED_PORTS+="$p "
+            printf -v "$1" '%s' "$p"
             return
         fi
     done
@@ -152,7 +155,7 @@ rss_kb() { # pid (and children)
 median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 # --- the upstream and the targets --------------------------------------------
-UP_PORT=$(free_port)
+free_port UP_PORT
 start upstream "$CORE_LOAD" "$UP_PORT" "$BIN/load_upstream" "127.0.0.1:$UP_PORT"
 UP_PID=$LAST_PID
 UP=127.0.0.1:$UP_PORT
@@ -172,45 +175,45 @@ if has d || has e || has f || [[ $MEM == 1 ]]; then
 fi
 
 if has a; then
-    PORT[a]=$(free_port)
+    free_port PORT[a]
     start a "$CORE_PROXY" "${PORT[a]}" "$BIN/load_upstream" "127.0.0.1:${PORT[a]}"
     PID[a]=$LAST_PID
 fi
 if has b; then
-    PORT[b]=$(free_port)
+    free_port PORT[b]
     start b "$CORE_PROXY" "${PORT[b]}" "$BIN/load_bare_proxy" "127.0.0.1:${PORT[b]}" "$UP"
     PID[b]=$LAST_PID
 fi
 if has c; then
-    PORT[c]=$(free_port)
+    free_port PORT[c]
     start c "$CORE_PROXY" "${PORT[c]}" "$BIN/load_gateway" proxy "127.0.0.1:${PORT[c]}" "$UP"
     PID[c]=$LAST_PID
 fi
 if has d; then
-    PORT[d]=$(free_port)
+    free_port PORT[d]
     start d "$CORE_PROXY" "${PORT[d]}" "$BIN/load_gateway" full "127.0.0.1:${PORT[d]}" "$UP"
     PID[d]=$LAST_PID
     WRK_ARGS[d]="-H|Authorization: Bearer $TOKEN"
 fi
 if has e; then
-    PORT[e]=$(free_port)
+    free_port PORT[e]
     start e "$CORE_PROXY" "${PORT[e]}" "$BIN/load_gateway" full "127.0.0.1:${PORT[e]}" "$UP"
     PID[e]=$LAST_PID
     WRK_ARGS[e]="-s|$HERE/tokens.lua"
 fi
 if has f; then
-    REDIS_PORT=$(free_port)
+    free_port REDIS_PORT
     mkdir -p "$TMP/redis"
     start redis "$CORE_LOAD" "$REDIS_PORT" redis-server --port "$REDIS_PORT" \
         --bind 127.0.0.1 --save "" --appendonly no --dir "$TMP/redis"
-    PORT[f]=$(free_port)
+    free_port PORT[f]
     start f "$CORE_PROXY" "${PORT[f]}" "$BIN/load_gateway" full-redis "127.0.0.1:${PORT[f]}" \
         "$UP" "redis://127.0.0.1:$REDIS_PORT"
     PID[f]=$LAST_PID
     WRK_ARGS[f]="-H|Authorization: Bearer $TOKEN"
 fi
 if has g; then
-    PORT[g]=$(free_port)
+    free_port PORT[g]
     mkdir -p "$TMP/nginx"
     cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -265,19 +268,28 @@ wrk_run() {
     grep '^RESULT' "$TMP/wrk.out" || { cat "$TMP/wrk.out" >&2; echo "RESULT 0 1 0 0 0 1 0 0 0 0"; }
 }
 
+# Busy clock ticks of one core, from /proc/stat (all but idle and iowait).
+core_busy() {
+    awk -v c="cpu$1" '$1 == c {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat
+}
+
 # measure <target> <round> <core> <conns> <seconds> <file>: appends
-# "round rps p50 p99 p999 cpu_us errors".
+# "round rps p50 p99 p999 cpu_us errors target% load%": the last two are how
+# busy the target process and the load core (upstream + wrk) were.
 measure() {
-    local t=$1 round=$2 core=$3 conns=$4 secs=$5 out=$6 before after line
+    local t=$1 round=$2 core=$3 conns=$4 secs=$5 out=$6 before after lb la line
     before=$(cpu_ticks "${PID[$t]}")
+    lb=$(core_busy "$CORE_LOAD")
     line=$(wrk_run "$t" "$core" "$conns" "$secs")
     after=$(cpu_ticks "${PID[$t]}")
-    awk -v r="$round" -v ticks=$((after - before)) -v tck="$TCK" '{
+    la=$(core_busy "$CORE_LOAD")
+    awk -v r="$round" -v ticks=$((after - before)) -v load=$((la - lb)) -v tck="$TCK" '{
         req = $2; dur = $3 / 1e6
         errs = $7 + $8 + $9 + $10 + $11
         rps = (dur > 0) ? req / dur : 0
         cpu = (req > 0) ? ticks * 1e6 / tck / req : 0
-        printf "%s %.0f %d %d %d %.2f %d\n", r, rps, $4, $5, $6, cpu, errs
+        printf "%s %.0f %d %d %d %.2f %d %.0f %.0f\n", r, rps, $4, $5, $6, cpu, errs,
+            100 * ticks / tck / dur, 100 * load / tck / dur
     }' <<<"$line" >>"$out"
 }
 
@@ -288,7 +300,7 @@ done
 for round in $(seq "$R"); do
     for t in "${ORDER[@]}"; do
         measure "$t" "$round" "$CORE_LOAD" "$C" "$D" "$TMP/res.$t"
-        log "  round $round ($t): $(tail -n1 "$TMP/res.$t" | awk '{print $2 " req/s, p99 " $4 " us, " $6 " us CPU/req, " $7 " errors"}')"
+        log "  round $round ($t): $(tail -n1 "$TMP/res.$t" | awk '{print $2 " req/s, p99 " $4 " us, " $6 " us CPU/req, " $7 " errors, target " $8 "% busy, load core " $9 "%"}')"
     done
 done
 
@@ -304,16 +316,20 @@ ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u / 1000}'; }
 
 echo
 echo "== throughput, latency, CPU (median of $R rounds x ${D}s, wrk -t1 -c$C; target on core $CORE_PROXY, upstream + wrk on core $CORE_LOAD)"
-printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %s\n' \
-    "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "rps/b" "cpu/b" "rps/g" "cpu/g" errors
+printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %s\n' \
+    "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "rps/b" "cpu/b" "rps/g" "cpu/g" "tgt%" "load%" errors
 for t in "${ORDER[@]}"; do
     errs=$(awk '{s += $7} END {print s + 0}' "$TMP/res.$t")
     flag=ok
     [[ $errs -gt 0 ]] && flag="ERRORS($errs)"
-    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %s\n' "($t)" "${DESC[$t]}" \
+    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %s\n' "($t)" "${DESC[$t]}" \
         "$(col "$t" 2)" "$(ms "$(col "$t" 3)")" "$(ms "$(col "$t" 4)")" "$(ms "$(col "$t" 5)")" \
-        "$(col "$t" 6)" "$(ratio "$t" b 2)" "$(ratio "$t" b 6)" "$(ratio "$t" g 2)" "$(ratio "$t" g 6)" "$flag"
+        "$(col "$t" 6)" "$(ratio "$t" b 2)" "$(ratio "$t" b 6)" "$(ratio "$t" g 2)" "$(ratio "$t" g 6)" \
+        "$(col "$t" 8)" "$(col "$t" 9)" "$flag"
 done
+
+echo "tgt%: the target's CPU time over the run (100 = its core saturated); load%: the load core (upstream + wrk)."
+echo "A reference below ~95 tgt% with load% near 100 means the load core, not the target, capped its throughput."
 
 # --- the project's targets ---------------------------------------------------
 check() { # label, awk condition over x (, y), values...
@@ -368,7 +384,7 @@ mem_target() { # <kind: b|d> <port> -> LAST_PID
 # idle_rss <kind> <proto> <n>: prints "rss_before_kb rss_after_kb opened".
 idle_rss() {
     local kind=$1 proto=$2 n=$3 port pid client before after opened i
-    port=$(free_port)
+    free_port port
     mem_target "$kind" "$port"
     pid=$LAST_PID
     sleep 0.3

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// 100 bytes.
-const BODY: &[u8; 100] = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnop\n";
+const BODY: &[u8; 100] = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq\n";
 
 async fn answer(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut res = Response::new(Full::new(Bytes::from_static(BODY)));

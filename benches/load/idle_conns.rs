@@ -30,14 +30,18 @@ async fn open(addr: SocketAddr, h2: bool, token: Option<&str>) -> Result<Held, B
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let io = TokioIo::new(stream);
-    let mut req = Request::builder().uri("/idle").header(header::HOST, addr.to_string());
+    let mut req = Request::builder()
+        .uri("/idle")
+        .header(header::HOST, addr.to_string());
     if let Some(token) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let (held, res) = if h2 {
         let (mut send, conn) = http2::handshake(TokioExecutor::new(), io).await?;
         tokio::spawn(conn);
-        let req = req.uri(format!("http://{addr}/idle")).body(Empty::<Bytes>::new())?;
+        let req = req
+            .uri(format!("http://{addr}/idle"))
+            .body(Empty::<Bytes>::new())?;
         let res = send.send_request(req).await?;
         (Box::new(send) as Held, res)
     } else {

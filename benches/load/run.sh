@@ -19,6 +19,8 @@
 #   TOKENS_N distinct tokens for target (e)             [50000]
 #   NO_BUILD 1: use the binaries already built          [0]
 #   CORE_PROXY / CORE_LOAD  the two cores               [0 / 1]
+#   PERF     a target to profile with `perf record -g` under load after
+#            the rounds (e.g. PERF=c), written to PERF_OUT [perf.<t>.data]
 set -euo pipefail
 
 TARGETS=${TARGETS:-"a b c d e f g"}
@@ -34,6 +36,8 @@ TOKENS_N=${TOKENS_N:-50000}
 NO_BUILD=${NO_BUILD:-0}
 CORE_PROXY=${CORE_PROXY:-0}
 CORE_LOAD=${CORE_LOAD:-1}
+PERF=${PERF:-}
+PERF_OUT=${PERF_OUT:-$PWD/perf.$PERF.data}
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -73,6 +77,9 @@ if has f && ! command -v redis-server >/dev/null; then
     TARGETS=${TARGETS//f/}
 fi
 [[ $(nproc --all) -ge 2 ]] || die "needs two cores"
+if awk '{exit !($1 > 0.5)}' /proc/loadavg; then
+    log "warning: load average $(cut -d' ' -f1-3 /proc/loadavg): other processes compete for the cores (see oth%)"
+fi
 
 # Enough descriptors for BIG_N idle connections (the children inherit it).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -93,14 +100,15 @@ for b in load_upstream load_bare_proxy load_gateway load_idle_conns; do
 done
 
 # --- process helpers ---------------------------------------------------------
-# free_port <var>: a free loopback port not handed out before (no command
+# free_port <var>: a free loopback port below the ephemeral range, not handed
+# out before (no command
 # substitution: the list of ports handed out lives in this shell).
 USED_PORTS=" "
 free_port() {
     local p
     while :; do
-        p=$((20000 + RANDOM % 30000))
-        if [[ $USED_PORTS != *" $p "* ]] && ! ss -Htln "sport = :$p" | grep -q .; then
+        p=$((10000 + RANDOM % 20000))
+        if [[ $USED_PORTS != *" $p "* ]] && ! ss -Htan "sport = :$p" | grep -q .; then
             USED_PORTS+="$p "
             printf -v "$1" '%s' "$p"
             return
@@ -274,22 +282,25 @@ core_busy() {
 }
 
 # measure <target> <round> <core> <conns> <seconds> <file>: appends
-# "round rps p50 p99 p999 cpu_us errors target% load%": the last two are how
-# busy the target process and the load core (upstream + wrk) were.
+# "round rps p50 p99 p999 cpu_us errors target% load% other%": how busy the
+# target process, the load core (upstream + wrk) and, on the target's core,
+# everything but the target (other users of the machine) were.
 measure() {
-    local t=$1 round=$2 core=$3 conns=$4 secs=$5 out=$6 before after lb la line
+    local t=$1 round=$2 core=$3 conns=$4 secs=$5 out=$6 before after lb la pb pa line
     before=$(cpu_ticks "${PID[$t]}")
     lb=$(core_busy "$CORE_LOAD")
+    pb=$(core_busy "$CORE_PROXY")
     line=$(wrk_run "$t" "$core" "$conns" "$secs")
     after=$(cpu_ticks "${PID[$t]}")
     la=$(core_busy "$CORE_LOAD")
-    awk -v r="$round" -v ticks=$((after - before)) -v load=$((la - lb)) -v tck="$TCK" '{
+    pa=$(core_busy "$CORE_PROXY")
+    awk -v r="$round" -v ticks=$((after - before)) -v load=$((la - lb)) -v other=$((pa - pb - after + before)) -v tck="$TCK" '{
         req = $2; dur = $3 / 1e6
         errs = $7 + $8 + $9 + $10 + $11
         rps = (dur > 0) ? req / dur : 0
         cpu = (req > 0) ? ticks * 1e6 / tck / req : 0
-        printf "%s %.0f %d %d %d %.2f %d %.0f %.0f\n", r, rps, $4, $5, $6, cpu, errs,
-            100 * ticks / tck / dur, 100 * load / tck / dur
+        printf "%s %.0f %d %d %d %.2f %d %.0f %.0f %.0f\n", r, rps, $4, $5, $6, cpu, errs,
+            100 * ticks / tck / dur, 100 * load / tck / dur, (other > 0) ? 100 * other / tck / dur : 0
     }' <<<"$line" >>"$out"
 }
 
@@ -300,7 +311,7 @@ done
 for round in $(seq "$R"); do
     for t in "${ORDER[@]}"; do
         measure "$t" "$round" "$CORE_LOAD" "$C" "$D" "$TMP/res.$t"
-        log "  round $round ($t): $(tail -n1 "$TMP/res.$t" | awk '{print $2 " req/s, p99 " $4 " us, " $6 " us CPU/req, " $7 " errors, target " $8 "% busy, load core " $9 "%"}')"
+        log "  round $round ($t): $(tail -n1 "$TMP/res.$t" | awk '{print $2 " req/s, p99 " $4 " us, " $6 " us CPU/req, " $7 " errors; busy: target " $8 "%, load core " $9 "%, others on target core " $10 "%"}')"
     done
 done
 
@@ -316,20 +327,21 @@ ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u / 1000}'; }
 
 echo
 echo "== throughput, latency, CPU (median of $R rounds x ${D}s, wrk -t1 -c$C; target on core $CORE_PROXY, upstream + wrk on core $CORE_LOAD)"
-printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %s\n' \
-    "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "rps/b" "cpu/b" "rps/g" "cpu/g" "tgt%" "load%" errors
+printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' \
+    "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "rps/b" "cpu/b" "rps/g" "cpu/g" "tgt%" "load%" "oth%" errors
 for t in "${ORDER[@]}"; do
     errs=$(awk '{s += $7} END {print s + 0}' "$TMP/res.$t")
     flag=ok
     [[ $errs -gt 0 ]] && flag="ERRORS($errs)"
-    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %s\n' "($t)" "${DESC[$t]}" \
+    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' "($t)" "${DESC[$t]}" \
         "$(col "$t" 2)" "$(ms "$(col "$t" 3)")" "$(ms "$(col "$t" 4)")" "$(ms "$(col "$t" 5)")" \
         "$(col "$t" 6)" "$(ratio "$t" b 2)" "$(ratio "$t" b 6)" "$(ratio "$t" g 2)" "$(ratio "$t" g 6)" \
-        "$(col "$t" 8)" "$(col "$t" 9)" "$flag"
+        "$(col "$t" 8)" "$(col "$t" 9)" "$(col "$t" 10)" "$flag"
 done
 
-echo "tgt%: the target's CPU time over the run (100 = its core saturated); load%: the load core (upstream + wrk)."
-echo "A reference below ~95 tgt% with load% near 100 means the load core, not the target, capped its throughput."
+echo "tgt%: the target's CPU time over the run (100: its core saturated); load%: the load core (upstream + wrk);"
+echo "oth%: other processes on the target's core. tgt% well below 100 with load% near 100: the load core, not the"
+echo "target, capped the throughput (CPU us/request stays comparable); oth% above a few %: a noisy run."
 
 # --- the project's targets ---------------------------------------------------
 check() { # label, awk condition over x (, y), values...
@@ -350,6 +362,18 @@ check "(d)/(b) throughput >= 0.85" "x >= 0.85" "$(ratio d b 2)"
 check "(d)/(b) p99 <= 1.20" "x <= 1.2" "$(ratio d b 4)"
 check "(f)/(d) throughput >= 0.70" "x >= 0.7" "$(ratio f d 2)"
 check "stretch: (d)/(g) CPU per request <= 1.00" "x <= 1.0" "$(ratio d g 6)"
+
+# --- profile -----------------------------------------------------------------
+if [[ -n $PERF ]] && has "$PERF"; then
+    perf record -g -o "$PERF_OUT" -p "${PID[$PERF]}" -- sleep "$D" >"$TMP/perf.log" 2>&1 &
+    perf_pid=$!
+    sleep 0.2
+    wrk_run "$PERF" "$CORE_LOAD" "$C" "$D" >/dev/null
+    wait "$perf_pid" || { cat "$TMP/perf.log" >&2; log "perf record failed"; }
+    echo
+    echo "== profile of ($PERF) under load: $PERF_OUT"
+    echo "   perf report -i $PERF_OUT --no-children --sort symbol"
+fi
 
 # --- concurrency 1, everything on one core -----------------------------------
 if [[ $C1_D != 0 ]] && { has b || has c; }; then

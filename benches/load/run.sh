@@ -315,15 +315,18 @@ for round in $(seq "$R"); do
     done
 done
 
+# fmt <printf format> <value>: "nan" stays.
+fmt() { awk -v f="$1" -v x="$2" 'BEGIN {if (x == "nan") print x; else printf f, x}'; }
 # col <target> <column> [file prefix]: median over rounds.
 col() { awk -v c="$2" '{print $c}' "$TMP/${3:-res}.$1" | median; }
-# ratio <target> <ref> <column> [file prefix]: median over rounds of the per-round ratio.
+# ratio <target> <ref> <column> [file prefix]: median over rounds of the
+# per-round ratio, two decimals.
 ratio() {
     [[ -f $TMP/${4:-res}.$2 && -f $TMP/${4:-res}.$1 ]] || { echo nan; return; }
-    paste -d' ' "$TMP/${4:-res}.$1" "$TMP/${4:-res}.$2" |
-        awk -v c="$3" '{n = NF / 2; printf "%.3f\n", ($(c + n) > 0) ? $c / $(c + n) : 0}' | median
+    fmt %.2f "$(paste -d' ' "$TMP/${4:-res}.$1" "$TMP/${4:-res}.$2" |
+        awk -v c="$3" '{n = NF / 2; printf "%.4f\n", ($(c + n) > 0) ? $c / $(c + n) : 0}' | median)"
 }
-ms() { awk -v u="$1" 'BEGIN {printf "%.2f", u / 1000}'; }
+ms() { awk -v u="$1" 'BEGIN {if (u == "nan") print u; else printf "%.2f", u / 1000}'; }
 
 echo
 echo "== throughput, latency, CPU (median of $R rounds x ${D}s, wrk -t1 -c$C; target on core $CORE_PROXY, upstream + wrk on core $CORE_LOAD)"
@@ -334,9 +337,10 @@ for t in "${ORDER[@]}"; do
     flag=ok
     [[ $errs -gt 0 ]] && flag="ERRORS($errs)"
     printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' "($t)" "${DESC[$t]}" \
-        "$(col "$t" 2)" "$(ms "$(col "$t" 3)")" "$(ms "$(col "$t" 4)")" "$(ms "$(col "$t" 5)")" \
-        "$(col "$t" 6)" "$(ratio "$t" b 2)" "$(ratio "$t" b 6)" "$(ratio "$t" g 2)" "$(ratio "$t" g 6)" \
-        "$(col "$t" 8)" "$(col "$t" 9)" "$(col "$t" 10)" "$flag"
+        "$(fmt %.0f "$(col "$t" 2)")" "$(ms "$(col "$t" 3)")" "$(ms "$(col "$t" 4)")" \
+        "$(ms "$(col "$t" 5)")" "$(fmt %.1f "$(col "$t" 6)")" "$(ratio "$t" b 2)" "$(ratio "$t" b 6)" \
+        "$(ratio "$t" g 2)" "$(ratio "$t" g 6)" "$(fmt %.0f "$(col "$t" 8)")" \
+        "$(fmt %.0f "$(col "$t" 9)")" "$(fmt %.0f "$(col "$t" 10)")" "$flag"
 done
 
 echo "tgt%: the target's CPU time over the run (100: its core saturated); load%: the load core (upstream + wrk);"
@@ -386,12 +390,13 @@ if [[ $C1_D != 0 ]] && { has b || has c; }; then
     taskset -a -p -c "$CORE_LOAD" "$UP_PID" >/dev/null
     echo
     echo "== concurrency 1 (wrk -c1, upstream, target and wrk all on core $CORE_PROXY; median of $R x ${C1_D}s)"
-    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s\n' "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "p50/b"
+    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s\n' "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "p50/b" "cpu/b"
     for t in b c; do
         has "$t" || continue
-        printf '%-3s %-31s %9s %8s %8s %8s %8s %7s\n' "($t)" "${DESC[$t]}" "$(col "$t" 2 c1)" \
-            "$(ms "$(col "$t" 3 c1)")" "$(ms "$(col "$t" 4 c1)")" "$(ms "$(col "$t" 5 c1)")" \
-            "$(col "$t" 6 c1)" "$(ratio "$t" b 3 c1)"
+        printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s\n' "($t)" "${DESC[$t]}" \
+            "$(fmt %.0f "$(col "$t" 2 c1)")" "$(ms "$(col "$t" 3 c1)")" "$(ms "$(col "$t" 4 c1)")" \
+            "$(ms "$(col "$t" 5 c1)")" "$(fmt %.1f "$(col "$t" 6 c1)")" "$(ratio "$t" b 3 c1)" \
+            "$(ratio "$t" b 6 c1)"
     done
 fi
 

@@ -326,7 +326,7 @@ ratio() {
     fmt %.2f "$(paste -d' ' "$TMP/${4:-res}.$1" "$TMP/${4:-res}.$2" |
         awk -v c="$3" '{n = NF / 2; printf "%.4f\n", ($(c + n) > 0) ? $c / $(c + n) : 0}' | median)"
 }
-ms() { awk -v u="$1" 'BEGIN {if (u == "nan") print u; else printf "%.2f", u / 1000}'; }
+ms() { awk -v u="$1" 'BEGIN {if (u == "nan") print u; else printf "%.3f", u / 1000}'; }
 
 echo
 echo "== throughput, latency, CPU (median of $R rounds x ${D}s, wrk -t1 -c$C; target on core $CORE_PROXY, upstream + wrk on core $CORE_LOAD)"

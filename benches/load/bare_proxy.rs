@@ -4,8 +4,10 @@
 //! the one upstream) with the URI rewritten to the upstream and the
 //! `Connection`-related hop-by-hop headers removed; bodies stream both ways.
 //!
-//! `load_bare_proxy <listen-addr> <upstream-addr>`. Prints
-//! `listening <addr>` once bound.
+//! `load_bare_proxy <listen-addr> <upstream-addr> [auto]`. Prints
+//! `listening <addr>` once bound. With `auto` it serves through hyper-util's
+//! auto (HTTP/1.1 + HTTP/2) server like `load_gateway` does, which
+//! separates the cost of the server flavour from the crate's own.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -19,6 +21,7 @@ use hyper::{
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
 };
 use tokio::net::TcpListener;
 
@@ -77,9 +80,14 @@ fn status(code: StatusCode) -> Response<Body> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: load_bare_proxy <listen-addr> <upstream-addr>";
+    let usage = "usage: load_bare_proxy <listen-addr> <upstream-addr> [auto]";
     let listen: SocketAddr = args.next().ok_or(usage)?.parse()?;
     let upstream: SocketAddr = args.next().ok_or(usage)?.parse()?;
+    let auto = match args.next().as_deref() {
+        None => false,
+        Some("auto") => true,
+        Some(_) => return Err(usage.into()),
+    };
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Arc::new(Client::builder(TokioExecutor::new()).build(connector));
@@ -93,9 +101,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let authority = authority.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| forward(client.clone(), authority.clone(), req));
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let io = TokioIo::new(stream);
+            let _ = if auto {
+                auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, svc)
+                    .await
+            } else {
+                http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await
+                    .map_err(Into::into)
+            };
         });
     }
 }

@@ -7,7 +7,7 @@
 # ratios to the bare hyper proxy (b) and nginx (g), then memory figures.
 #
 # Environment (defaults in brackets):
-#   TARGETS  targets to run, any of "a b c d e f g"   [a b c d e f g]
+#   TARGETS  targets to run, any of "a b b2 c d e f g" [a b b2 c d e f g]
 #   D        seconds per measured run                  [10]
 #   R        interleaved rounds                        [3]
 #   C        wrk connections                           [32]
@@ -23,7 +23,7 @@
 #            the rounds (e.g. PERF=c), written to PERF_OUT [perf.<t>.data]
 set -euo pipefail
 
-TARGETS=${TARGETS:-"a b c d e f g"}
+TARGETS=${TARGETS:-"a b b2 c d e f g"}
 D=${D:-10}
 R=${R:-3}
 C=${C:-32}
@@ -171,6 +171,7 @@ UP=127.0.0.1:$UP_PORT
 declare -A PORT PID WRK_ARGS DESC
 DESC[a]="upstream alone"
 DESC[b]="bare hyper proxy"
+DESC[b2]="bare hyper proxy, auto server"
 DESC[c]="tower-gateway proxy"
 DESC[d]="full stack, 1 token"
 DESC[e]="full stack, cache-miss tokens"
@@ -191,6 +192,11 @@ if has b; then
     free_port PORT[b]
     start b "$CORE_PROXY" "${PORT[b]}" "$BIN/load_bare_proxy" "127.0.0.1:${PORT[b]}" "$UP"
     PID[b]=$LAST_PID
+fi
+if has b2; then
+    free_port PORT[b2]
+    start b2 "$CORE_PROXY" "${PORT[b2]}" "$BIN/load_bare_proxy" "127.0.0.1:${PORT[b2]}" "$UP" auto
+    PID[b2]=$LAST_PID
 fi
 if has c; then
     free_port PORT[c]
@@ -259,7 +265,7 @@ EOF
 fi
 
 ORDER=()
-for t in a b c d e f g; do has "$t" && ORDER+=("$t"); done
+for t in a b b2 c d e f g; do has "$t" && ORDER+=("$t"); done
 [[ ${#ORDER[@]} -gt 0 ]] || die "no targets"
 
 # --- load --------------------------------------------------------------------
@@ -330,13 +336,13 @@ ms() { awk -v u="$1" 'BEGIN {if (u == "nan") print u; else printf "%.3f", u / 10
 
 echo
 echo "== throughput, latency, CPU (median of $R rounds x ${D}s, wrk -t1 -c$C; target on core $CORE_PROXY, upstream + wrk on core $CORE_LOAD)"
-printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' \
+printf '%-4s %-30s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' \
     "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "rps/b" "cpu/b" "rps/g" "cpu/g" "tgt%" "load%" "oth%" errors
 for t in "${ORDER[@]}"; do
     errs=$(awk '{s += $7} END {print s + 0}' "$TMP/res.$t")
     flag=ok
     [[ $errs -gt 0 ]] && flag="ERRORS($errs)"
-    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' "($t)" "${DESC[$t]}" \
+    printf '%-4s %-30s %9s %8s %8s %8s %8s %7s %7s %7s %7s %5s %5s %5s %s\n' "($t)" "${DESC[$t]}" \
         "$(fmt %.0f "$(col "$t" 2)")" "$(ms "$(col "$t" 3)")" "$(ms "$(col "$t" 4)")" \
         "$(ms "$(col "$t" 5)")" "$(fmt %.1f "$(col "$t" 6)")" "$(ratio "$t" b 2)" "$(ratio "$t" b 6)" \
         "$(ratio "$t" g 2)" "$(ratio "$t" g 6)" "$(fmt %.0f "$(col "$t" 8)")" \
@@ -390,10 +396,10 @@ if [[ $C1_D != 0 ]] && { has b || has c; }; then
     taskset -a -p -c "$CORE_LOAD" "$UP_PID" >/dev/null
     echo
     echo "== concurrency 1 (wrk -c1, upstream, target and wrk all on core $CORE_PROXY; median of $R x ${C1_D}s)"
-    printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s\n' "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "p50/b" "cpu/b"
+    printf '%-4s %-30s %9s %8s %8s %8s %8s %7s %7s\n' "" target "req/s" "p50 ms" "p99 ms" "p99.9ms" "CPU us" "p50/b" "cpu/b"
     for t in b c; do
         has "$t" || continue
-        printf '%-3s %-31s %9s %8s %8s %8s %8s %7s %7s\n' "($t)" "${DESC[$t]}" \
+        printf '%-4s %-30s %9s %8s %8s %8s %8s %7s %7s\n' "($t)" "${DESC[$t]}" \
             "$(fmt %.0f "$(col "$t" 2 c1)")" "$(ms "$(col "$t" 3 c1)")" "$(ms "$(col "$t" 4 c1)")" \
             "$(ms "$(col "$t" 5 c1)")" "$(fmt %.1f "$(col "$t" 6 c1)")" "$(ratio "$t" b 3 c1)" \
             "$(ratio "$t" b 6 c1)"

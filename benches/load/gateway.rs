@@ -1,0 +1,214 @@
+//! Load benchmark, targets (c) to (f): the crate's proxy, alone and under
+//! the full middleware stack, built only from the public API the way a user
+//! would assemble it (compare `examples/gateway/app.rs`).
+//!
+//! ```text
+//! load_gateway proxy      <listen-addr> <upstream-addr>               # (c)
+//! load_gateway full       <listen-addr> <upstream-addr>               # (d), (e)
+//! load_gateway full-redis <listen-addr> <upstream-addr> <redis-url>   # (f)
+//! load_gateway tokens     <count> <file>    # HS256 tokens, one per line
+//! ```
+//!
+//! - `proxy`: `RouteLayer` + `Proxy` + one `Upstream` with its defaults
+//!   (breaker, retries, timeouts).
+//! - `full`: `RouteLayer`, `MetricsLayer`, `JwtAuthLayer` (HS256, the
+//!   default verification cache), `RbacLayer`, `RateLimitLayer` (local, per
+//!   consumer, a limit no load reaches), then the same proxy.
+//! - `full-redis`: `full` with the limiter on Redis (`RedisRateLimitLayer`);
+//!   a Redis failure answers 503 so a broken setup cannot pass for a fast
+//!   one.
+//!
+//! Every program serves HTTP/1.1 and HTTP/2 (hyper-util's auto server) and
+//! puts the peer's `ClientAddr` into each request. It prints
+//! `listening <addr>` once bound.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tower::{BoxError, Service, ServiceBuilder};
+use tower_gateway::{
+    auth::{Issuer, JwtAuthLayer, JwtKey},
+    connection::ClientAddr,
+    discovery::{Endpoint, StaticDiscovery},
+    metrics::{GatewayMetrics, MetricsLayer},
+    observe::Observer,
+    proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream},
+    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer},
+    rbac::{Policy, RbacLayer, Rule},
+};
+
+/// The HS256 secret, issuer and audience the tokens are minted with.
+const SECRET: &[u8] = b"load-benchmark-secret-0123456789abcdef";
+const ISSUER: &str = "https://auth.load.test";
+const AUDIENCE: &str = "load-upstream";
+
+const USAGE: &str = "usage: load_gateway proxy|full <listen> <upstream> \
+                     | full-redis <listen> <upstream> <redis-url> | tokens <count> <file>";
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("tokens") => {
+            let count: usize = args.get(1).ok_or(USAGE)?.parse()?;
+            tokens(count, args.get(2).ok_or(USAGE)?)
+        }
+        Some(mode @ ("proxy" | "full" | "full-redis")) => {
+            let listen: SocketAddr = args.get(1).ok_or(USAGE)?.parse()?;
+            let upstream: SocketAddr = args.get(2).ok_or(USAGE)?.parse()?;
+            let redis = if mode == "full-redis" {
+                Some(args.get(3).ok_or(USAGE)?.clone())
+            } else {
+                None
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(mode, listen, upstream, redis))
+        }
+        _ => Err(USAGE.into()),
+    }
+}
+
+/// Writes `count` distinct valid tokens (subjects `user-0`, `user-1`, ...,
+/// role `user`, valid for a day), one per line.
+fn tokens(count: usize, file: &str) -> Result<(), BoxError> {
+    use std::io::Write;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET);
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    for i in 0..count {
+        let claims = serde_json::json!({
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": format!("user-{i}"),
+            "roles": ["user"],
+            "iat": now,
+            "exp": now + 86_400,
+        });
+        writeln!(out, "{}", jsonwebtoken::encode(&header, &claims, &key)?)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+async fn run(
+    mode: &str,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    redis: Option<String>,
+) -> Result<(), BoxError> {
+    let discovery = StaticDiscovery::new([Endpoint::new(
+        "upstream-1",
+        upstream.ip().to_string(),
+        upstream.port(),
+    )]);
+    let metrics = GatewayMetrics::default();
+    let observer = metrics.observer();
+    let mut upstream = Upstream::new("upstream", discovery.watch());
+    if mode != "proxy" {
+        upstream = upstream.observer(observer.clone());
+    }
+    let table = RouteTable::builder()
+        .route(Route::prefix("/"), upstream.build()?)
+        .build()?;
+    let listener = TcpListener::bind(listen).await?;
+    println!("listening {}", listener.local_addr()?);
+    if mode == "proxy" {
+        let svc = ServiceBuilder::new()
+            .layer(RouteLayer::new(&table))
+            .service(Proxy::new(&table));
+        serve(listener, svc).await
+    } else {
+        let auth = JwtAuthLayer::builder()
+            .issuer(
+                Issuer::new(ISSUER)
+                    .audience(AUDIENCE)
+                    .key(JwtKey::hmac(SECRET)),
+            )
+            .observer(observer.clone())
+            .build()?;
+        let policy = Policy::builder()
+            .rule(Rule::new("/").any_of(["user"]))
+            .deny_unmatched(true)
+            .build()?;
+        let rbac = RbacLayer::new(policy).observer(observer.clone());
+        let limits = limits(redis.as_deref(), observer).await?;
+        let svc = ServiceBuilder::new()
+            .layer(RouteLayer::new(&table))
+            .layer(MetricsLayer::new(&metrics))
+            .layer(auth)
+            .layer(rbac)
+            .layer(limits)
+            .service(Proxy::new(&table));
+        serve(listener, svc).await
+    }
+}
+
+/// Per consumer, at a rate no benchmark reaches.
+async fn limits(redis: Option<&str>, observer: Observer) -> Result<RateLimitLayer, BoxError> {
+    let builder = RateLimitLayer::builder()
+        .key(Consumer::subject().or(ClientIp::peer()))
+        .limit(Limit::new().per_second(1_000_000).per_hour(1_000_000_000))
+        .observer(observer);
+    #[cfg(feature = "redis")]
+    if let Some(url) = redis {
+        use tower_gateway::ratelimit::{FailurePolicy, RedisBackend, RedisConfig};
+        let backend = RedisBackend::connect(url, RedisConfig::default()).await?;
+        let layer: tower_gateway::RedisRateLimitLayer = builder
+            .redis(backend)
+            .on_backend_error(FailurePolicy::Deny)
+            .build()?;
+        return Ok(layer);
+    }
+    #[cfg(not(feature = "redis"))]
+    if redis.is_some() {
+        return Err("full-redis needs the `redis` feature".into());
+    }
+    Ok(builder.build()?)
+}
+
+/// The accept loop: one task per connection, HTTP/1.1 or HTTP/2, the
+/// peer's address in every request.
+async fn serve<S, B>(listener: TcpListener, svc: S) -> Result<(), BoxError>
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(_) => {
+                // Out of file descriptors and the like: back off briefly.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = ServiceBuilder::new()
+            .map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                req
+            })
+            .service(svc.clone());
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .await;
+        });
+    }
+}

@@ -18,27 +18,20 @@
 //!   a Redis failure answers 503 so a broken setup cannot pass for a fast
 //!   one.
 //!
-//! Every program serves HTTP/1.1 and HTTP/2 (hyper-util's auto server) and
-//! puts the peer's `ClientAddr` into each request. It prints
-//! `listening <addr>` once bound.
+//! Every program serves HTTP/1.1 and HTTP/2 with the crate's server
+//! (`server::serve`: the edge layer, the peer's `ClientAddr` in each
+//! request, default limits). It prints `listening <addr>` once bound.
 
 use std::{
     net::SocketAddr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-    service::TowerToHyperService,
-};
 use tokio::net::TcpListener;
 use tower::{BoxError, Service, ServiceBuilder};
 use tower_gateway::{
     auth::{Issuer, JwtAuthLayer, JwtKey},
-    connection::ClientAddr,
     discovery::{Endpoint, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsLayer},
     observe::Observer,
@@ -178,37 +171,19 @@ async fn limits(redis: Option<&str>, observer: Observer) -> Result<RateLimitLaye
     Ok(builder.build()?)
 }
 
-/// The accept loop: one task per connection, HTTP/1.1 or HTTP/2, the
-/// peer's address in every request.
+/// The crate's server (`server::serve`): HTTP/1.1 and HTTP/2, the edge
+/// layer, `ClientAddr` in every request, its default limits.
 async fn serve<S, B>(listener: TcpListener, svc: S) -> Result<(), BoxError>
 where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<tower_gateway::server::Body>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(_) => {
-                // Out of file descriptors and the like: back off briefly.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let svc = ServiceBuilder::new()
-            .map_request(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                req
-            })
-            .service(svc.clone());
-        tokio::spawn(async move {
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
-                .await;
-        });
-    }
+    tower_gateway::server::serve(listener, svc).await;
+    Ok(())
 }

@@ -201,11 +201,16 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
 
     let metrics = GatewayMetrics::default();
     let observer = metrics.observer();
+    // HTTP/1.1 to the services: every request in flight has a connection
+    // of its own, so a client that stalls its upload or never reads its
+    // download holds that one connection, never a stream slot or the
+    // flow-control window of a connection other clients share.
     let client_tls = MtlsClientConfig::from_pem(
         pki.gateway.chain.as_bytes(),
         pki.gateway.key.as_bytes(),
         pki.ca.as_bytes(),
-    )?;
+    )?
+    .offer_http2(false);
     let mut keep = Keep::default();
     let mut table = RouteTable::builder();
     let mut services = Vec::new();

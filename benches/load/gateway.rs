@@ -184,6 +184,11 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    tower_gateway::server::serve(listener, svc).await;
+    // Every load comes from loopback, one address: the per-IP cap must not
+    // stand in for the overall one (the memory figures hold 10,000).
+    tower_gateway::server::serve(listener, svc)
+        .max_connections(20_000)
+        .max_connections_per_ip(20_000)
+        .await;
     Ok(())
 }

@@ -55,7 +55,7 @@ fn main() -> Result<(), BoxError> {
             let count: usize = args.get(1).ok_or(USAGE)?.parse()?;
             tokens(count, args.get(2).ok_or(USAGE)?)
         }
-        Some(mode @ ("proxy" | "full" | "full-redis")) => {
+        Some(mode @ ("proxy" | "proxy-bare-server" | "full" | "full-redis")) => {
             let listen: SocketAddr = args.get(1).ok_or(USAGE)?.parse()?;
             let upstream: SocketAddr = args.get(2).ok_or(USAGE)?.parse()?;
             let redis = if mode == "full-redis" {
@@ -109,7 +109,7 @@ async fn run(
     let metrics = GatewayMetrics::default();
     let observer = metrics.observer();
     let mut upstream = Upstream::new("upstream", discovery.watch());
-    if mode != "proxy" {
+    if !mode.starts_with("proxy") {
         upstream = upstream.observer(observer.clone());
     }
     let table = RouteTable::builder()
@@ -117,7 +117,12 @@ async fn run(
         .build()?;
     let listener = TcpListener::bind(listen).await?;
     println!("listening {}", listener.local_addr()?);
-    if mode == "proxy" {
+    if mode == "proxy-bare-server" {
+        let svc = ServiceBuilder::new()
+            .layer(RouteLayer::new(&table))
+            .service(Proxy::new(&table));
+        serve_bare(listener, svc).await
+    } else if mode == "proxy" {
         let svc = ServiceBuilder::new()
             .layer(RouteLayer::new(&table))
             .service(Proxy::new(&table));
@@ -191,4 +196,36 @@ where
         .max_connections_per_ip(20_000)
         .await;
     Ok(())
+}
+
+/// A bare hyper-util accept loop (no deadlines, caps or edge layer), to
+/// tell the server's share of the cost from the proxy's (target c0).
+async fn serve_bare<S, B>(listener: TcpListener, svc: S) -> Result<(), BoxError>
+where
+    S: Service<Request<hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    use hyper_util::{rt::{TokioExecutor, TokioIo}, server::conn::auto, service::TowerToHyperService};
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = ServiceBuilder::new()
+            .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(tower_gateway::connection::ClientAddr(peer));
+                req
+            })
+            .service(svc.clone());
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(svc))
+                .await;
+        });
+    }
 }

@@ -7,7 +7,9 @@
 # ratios to the bare hyper proxy (b) and nginx (g), then memory figures.
 #
 # Environment (defaults in brackets):
-#   TARGETS  targets to run, any of "a b b2 c d e f g" [a b b2 c d e f g]
+#   TARGETS  targets to run, any of "a b b2 c c0 d e f g" [a b b2 c d e f g]
+#            (c0: the crate's proxy on a bare hyper-util accept loop instead
+#            of server::serve, to tell the server's share from the proxy's)
 #   D        seconds per measured run                  [10]
 #   R        interleaved rounds                        [3]
 #   C        wrk connections                           [32]
@@ -173,6 +175,7 @@ DESC[a]="upstream alone"
 DESC[b]="bare hyper proxy"
 DESC[b2]="bare hyper proxy, auto server"
 DESC[c]="tower-gateway proxy"
+DESC[c0]="proxy, bare accept loop"
 DESC[d]="full stack, 1 token"
 DESC[e]="full stack, cache-miss tokens"
 DESC[f]="full stack, Redis limiter"
@@ -202,6 +205,11 @@ if has c; then
     free_port PORT[c]
     start c "$CORE_PROXY" "${PORT[c]}" "$BIN/load_gateway" proxy "127.0.0.1:${PORT[c]}" "$UP"
     PID[c]=$LAST_PID
+fi
+if has c0; then
+    free_port PORT[c0]
+    start c0 "$CORE_PROXY" "${PORT[c0]}" "$BIN/load_gateway" proxy-bare-server "127.0.0.1:${PORT[c0]}" "$UP"
+    PID[c0]=$LAST_PID
 fi
 if has d; then
     free_port PORT[d]
@@ -265,7 +273,7 @@ EOF
 fi
 
 ORDER=()
-for t in a b b2 c d e f g; do has "$t" && ORDER+=("$t"); done
+for t in a b b2 c c0 d e f g; do has "$t" && ORDER+=("$t"); done
 [[ ${#ORDER[@]} -gt 0 ]] || die "no targets"
 
 # --- load --------------------------------------------------------------------

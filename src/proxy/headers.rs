@@ -21,7 +21,7 @@ pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
     style: ForwardedHeaders,
     client: Option<SocketAddr>,
-    proto: &str,
+    proto: &'static str,
     original_host: Option<&HeaderValue>,
 ) {
     // Only the chosen style carries the hop the gateway vouches for; a
@@ -48,18 +48,23 @@ pub(crate) fn add_forwarding(
     match style {
         ForwardedHeaders::XForwarded => {
             if let Some(client) = client {
-                let ip = client.ip().to_string();
-                let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                    Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-                    _ => ip,
-                };
-                if let Ok(value) = HeaderValue::from_str(&value) {
+                // One allocation, handed to the header without a copy.
+                use std::fmt::Write;
+                let prior = headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|prior| !prior.trim().is_empty());
+                let mut value = String::with_capacity(prior.map_or(0, |p| p.len() + 2) + 39);
+                if let Some(prior) = prior {
+                    value.push_str(prior);
+                    value.push_str(", ");
+                }
+                let _ = write!(value, "{}", client.ip());
+                if let Ok(value) = HeaderValue::try_from(value) {
                     headers.insert("x-forwarded-for", value);
                 }
             }
-            if let Ok(value) = HeaderValue::from_str(proto) {
-                headers.insert("x-forwarded-proto", value);
-            }
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
             match original_host {
                 Some(host) => {
                     headers.insert("x-forwarded-host", host.clone());

@@ -52,9 +52,15 @@
 //! front of Consul returns) or with 500 `No cluster leader` (what Consul
 //! answers during an election), stop accepting connections (dropping the
 //! open ones) and come back on the same port. It records every request.
-//! With the `tls` feature it can serve HTTPS (HTTP/1.1 only).
+//! With the `tls` feature it can serve HTTPS (HTTP/1.1 only), and HTTPS
+//! that requires a client certificate chaining to a given CA (an agent
+//! with `tls.https.verify_incoming`); it then records the leaf each
+//! request came with, and closes connections after every answer so that
+//! each request shows the certificate of a fresh handshake.
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod pki;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -160,6 +166,9 @@ pub struct Recorded {
     pub token: Option<String>,
     pub body: Bytes,
     pub at: Instant,
+    /// The client certificate (DER leaf) the connection was opened with,
+    /// under mutual TLS.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl Recorded {
@@ -320,6 +329,9 @@ enum Transport {
     Plain,
     #[cfg(feature = "tls")]
     Tls(tokio_rustls::TlsAcceptor),
+    /// Client certificates required.
+    #[cfg(feature = "tls")]
+    Mtls(tokio_rustls::TlsAcceptor),
 }
 
 impl ConsulDouble {
@@ -349,6 +361,37 @@ impl ConsulDouble {
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         Self::start_on(DoubleConfig::default(), Transport::Tls(acceptor)).await
+    }
+
+    /// Serves HTTPS with this certificate chain and key (PEM), and refuses
+    /// handshakes without a client certificate that chains to `ca_pem`.
+    #[cfg(feature = "tls")]
+    pub async fn start_mtls(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_on(DoubleConfig::default(), Transport::Mtls(acceptor)).await
     }
 
     async fn start_on(config: DoubleConfig, transport: Transport) -> Self {
@@ -381,7 +424,7 @@ impl ConsulDouble {
         match self.transport {
             Transport::Plain => format!("http://{}", self.addr),
             #[cfg(feature = "tls")]
-            Transport::Tls(_) => format!("https://{}", self.addr),
+            Transport::Tls(_) | Transport::Mtls(_) => format!("https://{}", self.addr),
         }
     }
 
@@ -556,11 +599,23 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, transport: Transport) -> Jo
                     let transport = transport.clone();
                     connections.spawn(async move {
                         match transport {
-                            Transport::Plain => serve_connection(stream, shared).await,
+                            Transport::Plain => serve_connection(stream, shared, None, true).await,
                             #[cfg(feature = "tls")]
                             Transport::Tls(acceptor) => {
                                 if let Ok(stream) = acceptor.accept(stream).await {
-                                    serve_connection(stream, shared).await;
+                                    serve_connection(stream, shared, None, true).await;
+                                }
+                            }
+                            #[cfg(feature = "tls")]
+                            Transport::Mtls(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    let leaf = stream
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(<[_]>::first)
+                                        .map(|c| c.to_vec());
+                                    serve_connection(stream, shared, leaf, false).await;
                                 }
                             }
                         }
@@ -572,15 +627,21 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, transport: Transport) -> Jo
     })
 }
 
-async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    client_cert: Option<Vec<u8>>,
+    keep_alive: bool,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+        let client_cert = client_cert.clone();
+        async move { Ok::<_, Infallible>(handle(shared, request, client_cert).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(keep_alive)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await;
 }
@@ -796,7 +857,11 @@ fn enterprise_params(query: &[(String, String)]) -> Result<(), Refusal> {
     Ok(())
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    client_cert: Option<Vec<u8>>,
+) -> Answer {
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -817,6 +882,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         token: token.clone(),
         body: body.clone(),
         at: Instant::now(),
+        client_cert,
     });
     shared.bump_activity();
 

@@ -8,6 +8,8 @@ use rcgen::{
 /// A certificate authority that can issue leaves.
 pub struct TestCa {
     pub pem: String,
+    params: CertificateParams,
+    key_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -21,7 +23,16 @@ pub struct Leaf {
 
 impl TestCa {
     pub fn new(name: &str) -> Self {
+        Self::with_uri(name, None)
+    }
+
+    /// A CA whose certificate carries `uri` as a URI SAN (Consul Connect
+    /// roots carry `spiffe://<trust-domain>`).
+    pub fn with_uri(name: &str, uri: Option<&str>) -> Self {
         let mut params = CertificateParams::default();
+        if let Some(uri) = uri {
+            params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        }
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![
@@ -33,8 +44,18 @@ impl TestCa {
         let pem = params.self_signed(&key).unwrap().pem();
         Self {
             pem,
+            key_pem: key.serialize_pem(),
+            params: params.clone(),
             issuer: Issuer::new(params, key),
         }
+    }
+
+    /// This CA's certificate signed by `other` (same subject and key): an
+    /// intermediate through which peers that trust only `other` accept
+    /// this CA's leaves, as Consul's CA rotation provides.
+    pub fn cross_signed_by(&self, other: &TestCa) -> String {
+        let key = KeyPair::from_pem(&self.key_pem).unwrap();
+        self.params.signed_by(&key, &other.issuer).unwrap().pem()
     }
 
     /// A leaf with this common name and SANs (`spiffe://…` and other URIs
@@ -50,7 +71,19 @@ impl TestCa {
         sans: &[&str],
         validity: Option<std::time::Duration>,
     ) -> Leaf {
+        self.leaf_with(common_name, sans, validity, None)
+    }
+
+    /// Like [`leaf_valid`](Self::leaf_valid), with this serial number.
+    pub fn leaf_with(
+        &self,
+        common_name: &str,
+        sans: &[&str],
+        validity: Option<std::time::Duration>,
+        serial: Option<u64>,
+    ) -> Leaf {
         let mut params = CertificateParams::default();
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);

@@ -48,6 +48,12 @@ pub enum ConsulError {
     /// Consul's answer was not the JSON its API documents.
     #[error("unreadable consul answer: {0}")]
     Decode(#[source] serde_json::Error),
+    /// Connect certificates from Consul are not usable together (a key
+    /// that does not match its leaf, garbage PEM, no root).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[error("consul connect certificates: {0}")]
+    Certificates(#[from] crate::tls::TlsError),
 }
 
 impl ConsulError {
@@ -311,6 +317,17 @@ impl ConsulClient {
         registration: ServiceRegistration,
     ) -> Result<ConsulRegistration, ConsulError> {
         ConsulRegistration::start(self.clone(), registration).await
+    }
+
+    /// Starts configuring the Consul Connect certificates of `service`:
+    /// its leaf and the CA roots from the agent, kept current.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn connect_certificates(
+        &self,
+        service: impl Into<String>,
+    ) -> super::connect::ConnectCertificatesBuilder {
+        super::connect::ConnectCertificatesBuilder::new(self.clone(), service.into())
     }
 
     pub(super) fn request_timeout(&self) -> Duration {

@@ -189,3 +189,66 @@ fn split_unquoted(value: &str, sep: char) -> Vec<String> {
     }
     parts
 }
+
+/// The whole path: an mTLS edge, the layer, the reverse proxy, and a
+/// plain-HTTP upstream that records what reached it.
+#[cfg(feature = "proxy")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfcc_reaches_the_upstream_through_the_proxy() {
+    use std::time::Duration;
+    use tower_gateway::{
+        discovery::{Endpoint, StaticDiscovery},
+        proxy::{Proxy, RetryConfig, Route, RouteTable, Upstream},
+    };
+
+    // The upstream: answers with the XFCC values it received.
+    let upstream_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = upstream_listener.local_addr().unwrap().port();
+    let echo = axum::Router::new().route(
+        "/",
+        axum::routing::get(|headers: http::HeaderMap| async move {
+            headers
+                .get_all("x-forwarded-client-cert")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+    );
+    tokio::spawn(async move { axum::serve(upstream_listener, echo).await });
+
+    // The gateway: mTLS edge, XFCC, proxy.
+    let pki = pki("orders");
+    let discovery = StaticDiscovery::new([Endpoint::new("echo-1", "127.0.0.1", upstream_port)]);
+    let upstream = Upstream::new("echo", discovery.watch())
+        .retries(RetryConfig::none())
+        .request_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let table = RouteTable::builder()
+        .route(Route::prefix("/"), upstream)
+        .build()
+        .unwrap();
+    let gateway = ServiceBuilder::new()
+        .layer(ForwardClientCertLayer::new())
+        .service(Proxy::new(&table));
+    let acceptor = MtlsAcceptor::from_pem(
+        pki.server.0.as_bytes(),
+        pki.server.1.as_bytes(),
+        pki.ca.as_bytes(),
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { tls::serve(listener, acceptor, gateway).await });
+
+    let seen = send(&pki, port, &["URI=spiffe://shop/ns/default/sa/admin"]).await;
+    assert_eq!(
+        seen,
+        format!(
+            "Hash={};Subject=\"CN=orders, O=shop\";URI=spiffe://shop/ns/default/sa/orders;\
+             DNS=orders.internal;DNS=orders.shop",
+            sha256_hex(&pki.client.2)
+        )
+    );
+}

@@ -27,6 +27,10 @@
 //!     .client_certificate_reload_interval(Duration::from_secs(30));
 //! ```
 
+// The client is built only by its users (JWKS, Consul); with the
+// `client` feature alone, nothing calls it.
+#![cfg_attr(not(any(feature = "jwks", feature = "consul")), allow(dead_code))]
+
 mod identity;
 
 use std::{

@@ -282,8 +282,13 @@ async fn connect_leaf_is_fetched_again_at_two_thirds_of_its_validity() {
             .await,
         "no renewal read"
     );
-    // The agent still had the same leaf: nothing new installed.
+    // The agent still had the same leaf: nothing new installed, and the
+    // reads back off (10 ms doubling to 100 ms here) instead of looping.
     assert_eq!(web.status().updates, 0);
+    let first_renewal_reads = plain_leaf_reads(&double, "web");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reads = plain_leaf_reads(&double, "web") - first_renewal_reads;
+    assert!((3..=20).contains(&reads), "{reads} renewal reads in 1 s");
     // Once the agent renews it, the new leaf is installed.
     double.rotate_connect_leaf("web");
     until(&web, "the renewed leaf", |s| s.updates >= 1).await;

@@ -476,6 +476,8 @@ impl Loops {
         index.observe(first);
         let mut limiter = RateLimit::new(self.min_query_interval, BURST);
         let mut failures = 0_u32;
+        // Renewal reads in a row that found the same leaf.
+        let mut unrenewed = 0_u32;
         loop {
             tokio::time::sleep(limiter.acquire(Instant::now())).await;
             let renew_at = {
@@ -500,12 +502,15 @@ impl Loops {
                     failures = 0;
                     index.observe(returned);
                     let renewed = self.apply(Update::Leaf(leaf));
-                    if param.is_none() && !renewed {
+                    if renewed {
+                        unrenewed = 0;
+                    } else if param.is_none() {
                         // The agent still holds the same leaf past the
-                        // renewal point: ask again later rather than in a
-                        // loop, with the backoff of a failure.
-                        failures = failures.saturating_add(1);
-                        tokio::time::sleep(backoff(failures, self.retry_min, self.retry_max)).await;
+                        // renewal point: ask again later, backing off as
+                        // after failures, rather than in a loop.
+                        unrenewed = unrenewed.saturating_add(1);
+                        tokio::time::sleep(backoff(unrenewed, self.retry_min, self.retry_max))
+                            .await;
                     }
                 }
                 Err(error) => {

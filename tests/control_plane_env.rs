@@ -1,5 +1,6 @@
 //! `ConsulClientBuilder::from_env` reads Consul's TLS variables
-//! (`CONSUL_CACERT`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`) as the
+//! (`CONSUL_CACERT`, `CONSUL_CLIENT_CERT`, `CONSUL_CLIENT_KEY`,
+//! `CONSUL_TLS_SERVER_NAME`) as the
 //! Consul CLI does. A test binary of its own: the environment is
 //! process-wide.
 #![cfg(all(feature = "consul", feature = "tls"))]
@@ -13,7 +14,9 @@ use tower_gateway::discovery::consul::{ConsulClientBuilder, ServiceRegistration}
 async fn from_env_reads_consul_tls_variables() {
     let servers = TestCa::new("Consul Agent CA");
     let clients = TestCa::new("Gateway clients CA");
-    let server = servers.leaf("server.dc1.consul", &["127.0.0.1"]);
+    // The agent's certificate names no address: only
+    // `CONSUL_TLS_SERVER_NAME` lets the client verify it.
+    let server = servers.leaf("server.dc1.consul", &["server.dc1.consul"]);
     let double = ConsulDouble::start_mtls(&server.cert_pem, &server.key_pem, &clients.pem).await;
     let gateway = clients.leaf("gateway", &[]);
 
@@ -35,6 +38,7 @@ async fn from_env_reads_consul_tls_variables() {
         std::env::set_var("CONSUL_HTTP_SSL", "true");
         std::env::remove_var("CONSUL_HTTP_TOKEN");
         std::env::set_var("CONSUL_CACERT", &ca);
+        std::env::set_var("CONSUL_TLS_SERVER_NAME", "server.dc1.consul");
         std::env::set_var("CONSUL_CLIENT_CERT", &cert);
         std::env::set_var("CONSUL_CLIENT_KEY", &key);
     }
@@ -51,6 +55,19 @@ async fn from_env_reads_consul_tls_variables() {
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0].client_cert.as_deref(), Some(&gateway.der[..]));
     registration.deregister().await.unwrap();
+
+    // Without the server name, the agent's certificate does not match the
+    // address: refused, nothing sent.
+    unsafe { std::env::remove_var("CONSUL_TLS_SERVER_NAME") };
+    let unverified = ConsulClientBuilder::from_env().build().unwrap();
+    assert!(
+        unverified
+            .register(ServiceRegistration::new("gateway", "gateway-3").port(8443))
+            .await
+            .is_err()
+    );
+    assert_eq!(double.requests().len(), 2);
+    unsafe { std::env::set_var("CONSUL_TLS_SERVER_NAME", "server.dc1.consul") };
 
     // Without the client key variable, no certificate is presented, and
     // the agent refuses the handshake.

@@ -149,6 +149,13 @@ async fn control_plane_client_refuses_unusable_certificate_files_at_build() {
         build("missing.pem", "two-key.pem"),
         Err(ConsulError::Client(HttpClientError::Read { .. }))
     ));
+    let bad_name = ConsulClient::builder("https://127.0.0.1:8501")
+        .http(HttpClientConfig::default().tls_server_name("not a name!"))
+        .build();
+    assert!(matches!(
+        bad_name,
+        Err(ConsulError::Client(HttpClientError::ServerName(_)))
+    ));
     let missing_ca = ConsulClient::builder("https://127.0.0.1:8501")
         .http(HttpClientConfig::default().add_root_file(dir.path("missing-ca.pem")))
         .build();

@@ -77,6 +77,7 @@ pub struct HttpClientConfig {
     native_roots: bool,
     client_cert: Option<ClientCertificate>,
     client_cert_reload: Duration,
+    server_name: Option<String>,
 }
 
 /// Where the client certificate comes from.
@@ -97,6 +98,7 @@ impl Default for HttpClientConfig {
             native_roots: true,
             client_cert: None,
             client_cert_reload: DEFAULT_CERT_RELOAD,
+            server_name: None,
         }
     }
 }
@@ -132,6 +134,9 @@ pub enum HttpClientError {
     /// The client key file holds no private key.
     #[error("client key: no key in pem")]
     NoPrivateKey,
+    /// The TLS server name override is not a DNS name or IP address.
+    #[error("invalid tls server name {0:?}")]
+    ServerName(String),
     /// The TLS configuration was refused by rustls.
     #[error("tls configuration: {0}")]
     Tls(#[from] rustls::Error),
@@ -231,6 +236,22 @@ impl HttpClientConfig {
         self
     }
 
+    /// Verifies every server's certificate against `name` (a DNS name or
+    /// IP address) rather than the host of the URL, and sends it as SNI —
+    /// Consul's `CONSUL_TLS_SERVER_NAME`, for an agent reached by an
+    /// address its certificate does not name. Checked when the client is
+    /// built.
+    ///
+    /// ```
+    /// use tower_gateway::client::HttpClientConfig;
+    ///
+    /// let cfg = HttpClientConfig::default().tls_server_name("server.dc1.consul");
+    /// ```
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
     /// Presents the client certificate `resolver` picks at each handshake:
     /// a `tls::ReloadingCertificates` (with the `tls` feature), a Consul
     /// Connect leaf, or a resolver of your own.
@@ -288,12 +309,18 @@ impl HttpClientConfig {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(self.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+            .https_or_http();
+        let builder = match &self.server_name {
+            Some(name) => {
+                let name = rustls::pki_types::ServerName::try_from(name.clone())
+                    .map_err(|_| HttpClientError::ServerName(name.clone()))?;
+                builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder,
+        };
+        let https = builder.enable_http1().enable_http2().wrap_connector(http);
         Ok(HttpFetcher {
             client: Client::builder(TokioExecutor::new()).build(https),
             request_timeout: self.request_timeout,

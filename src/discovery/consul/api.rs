@@ -132,7 +132,13 @@ impl ConsulClientBuilder {
     ///   certificate and key presented to an agent that verifies incoming
     ///   connections (`verify_incoming`), re-read while the gateway runs
     ///   (see [`HttpClientConfig::client_certificate_files`]). Either one
-    ///   alone is ignored with a warning.
+    ///   alone is ignored with a warning;
+    /// - `CONSUL_TLS_SERVER_NAME`: the name the agent's certificate is
+    ///   verified against (and sent as SNI) instead of the address's host.
+    ///
+    /// `CONSUL_CAPATH` (a directory of CAs) and `CONSUL_HTTP_SSL_VERIFY`
+    /// are not read: pass such CAs with [`HttpClientConfig::add_root_file`];
+    /// verification is never turned off.
     ///
     /// Files are read by [`build`](Self::build), which fails if they are
     /// unusable. A later call to [`http`](Self::http) replaces these TLS
@@ -160,6 +166,11 @@ impl ConsulClientBuilder {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
         if let Some(ca) = var("CONSUL_CACERT") {
             builder.http = builder.http.add_root_file(ca).native_roots(false);
+        }
+        if let Some(name) = var("CONSUL_TLS_SERVER_NAME") {
+            builder.http = builder
+                .http
+                .tls_server_name(name.to_string_lossy().into_owned());
         }
         match (var("CONSUL_CLIENT_CERT"), var("CONSUL_CLIENT_KEY")) {
             (Some(cert), Some(key)) => {

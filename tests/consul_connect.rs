@@ -299,6 +299,37 @@ async fn connect_leaf_is_fetched_again_at_two_thirds_of_its_validity() {
 }
 
 #[tokio::test]
+async fn connect_certificates_stop_following_consul_with_the_last_handle() {
+    let double = ConsulDouble::start().await;
+    // Past its renewal point at once: the leaf is re-read every 10 to
+    // 100 ms for as long as the background task runs.
+    double.set_connect_leaf_ttl(Duration::from_secs(1));
+    let web = connect(&double, "web").await;
+    let certs = web.certificates().clone();
+    let clone = web.clone();
+    assert!(
+        double
+            .wait_until(LONG, |d| plain_leaf_reads(d, "web") >= 3)
+            .await
+    );
+    // One handle left: still running.
+    drop(web);
+    let before = plain_leaf_reads(&double, "web");
+    assert!(
+        double
+            .wait_until(LONG, |d| plain_leaf_reads(d, "web") > before)
+            .await
+    );
+    // The last handle goes: no more queries, the material stays usable.
+    drop(clone);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = plain_leaf_reads(&double, "web");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(plain_leaf_reads(&double, "web"), after);
+    assert!(!certs.certificate_chain().is_empty());
+}
+
+#[tokio::test]
 #[ignore = "needs a real Consul agent with Connect: CONSUL_HTTP_ADDR=..."]
 async fn connect_certificates_from_a_real_agent() {
     let consul = tower_gateway::discovery::consul::ConsulClientBuilder::from_env()

@@ -209,7 +209,11 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    use hyper_util::{rt::{TokioExecutor, TokioIo}, server::conn::auto, service::TowerToHyperService};
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto,
+        service::TowerToHyperService,
+    };
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;

@@ -7,7 +7,10 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
-use super::{PeerIdentityLayer, PeerRoles, ReloadingCertificates, TlsError, peer_identity};
+use super::{
+    PeerCertificate, PeerCertificateError, PeerIdentityLayer, PeerRoles, ReloadingCertificates,
+    TlsError, peer_identity,
+};
 use crate::identity::{Identity, PeerIdentity};
 
 /// Accepts TLS connections whose client presents a certificate that
@@ -82,12 +85,19 @@ impl MtlsAcceptor {
             .accept(io)
             .await
             .map_err(TlsError::from_handshake)?;
-        let peer = peer_identity(stream.get_ref().1)?;
+        let connection = stream.get_ref().1;
+        let peer = peer_identity(connection)?;
+        let certificate = connection
+            .peer_certificates()
+            .and_then(<[_]>::first)
+            .map(|leaf| PeerCertificate::new(leaf.as_ref()))
+            .ok_or(PeerCertificateError::Missing)?;
         let identity = self.roles.identity(peer.clone());
         Ok(Accepted {
             stream,
             peer,
             identity,
+            certificate,
         })
     }
 }
@@ -99,6 +109,7 @@ pub struct Accepted<IO> {
     stream: TlsStream<IO>,
     peer: PeerIdentity,
     identity: Identity,
+    certificate: PeerCertificate,
 }
 
 impl<IO> Accepted<IO> {
@@ -112,10 +123,16 @@ impl<IO> Accepted<IO> {
         &self.peer
     }
 
-    /// The layer that puts this connection's identity into each of its
-    /// requests; wrap the connection's service in it.
+    /// The verified client certificate.
+    pub fn certificate(&self) -> &PeerCertificate {
+        &self.certificate
+    }
+
+    /// The layer that puts this connection's identity (and its
+    /// [`PeerCertificate`]) into each of its requests; wrap the
+    /// connection's service in it.
     pub fn layer(&self) -> PeerIdentityLayer {
-        PeerIdentityLayer::new(self.identity.clone())
+        PeerIdentityLayer::new(self.identity.clone()).certificate(self.certificate.clone())
     }
 
     /// The TLS stream.
@@ -125,6 +142,7 @@ impl<IO> Accepted<IO> {
 
     /// The stream and the identity layer, to serve the connection.
     pub fn into_parts(self) -> (TlsStream<IO>, PeerIdentityLayer) {
-        (self.stream, PeerIdentityLayer::new(self.identity))
+        let layer = PeerIdentityLayer::new(self.identity).certificate(self.certificate);
+        (self.stream, layer)
     }
 }

@@ -10,8 +10,10 @@ use rustls::{
     client::{
         Resumption,
         danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        verify_server_cert_signed_by_trust_anchor,
     },
     pki_types::{CertificateDer, ServerName, UnixTime},
+    server::ParsedCertificate,
 };
 
 use super::{ReloadingCertificates, TlsError};
@@ -44,6 +46,7 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct MtlsClientConfig {
     tls: ClientConfig,
+    certs: ReloadingCertificates,
     connect_timeout: Duration,
     allow_plain_http: bool,
     server_name: Option<ServerName<'static>>,
@@ -55,6 +58,7 @@ impl MtlsClientConfig {
     pub fn new(certs: &ReloadingCertificates) -> Result<Self, TlsError> {
         let verifier = Arc::new(CurrentCaVerifier {
             certs: certs.clone(),
+            expected_uri: None,
         });
         let mut tls = ClientConfig::builder_with_provider(certs.provider().clone())
             .with_safe_default_protocol_versions()?
@@ -66,6 +70,7 @@ impl MtlsClientConfig {
         tls.resumption = Resumption::disabled();
         Ok(Self {
             tls,
+            certs: certs.clone(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             allow_plain_http: false,
             server_name: None,
@@ -113,6 +118,34 @@ impl MtlsClientConfig {
             .map_err(|_| TlsError::ServerName(name.to_owned()))?;
         self.server_name = Some(name);
         Ok(self)
+    }
+
+    /// Verifies servers by a URI SAN instead of a host name: the server's
+    /// chain must verify against the private CA (and be valid for server
+    /// authentication now), and its leaf must carry `uri` as a URI subject
+    /// alternative name. The host of the request URI is not checked.
+    ///
+    /// This is how Consul Connect peers verify each other: Connect leaf
+    /// certificates carry the service's SPIFFE ID
+    /// (`spiffe://<trust-domain>/ns/default/dc/<dc>/svc/<service>`) and no
+    /// DNS name, and an upstream is dialled by the address discovery gave.
+    ///
+    /// ```
+    /// use tower_gateway::tls::MtlsClientConfig;
+    ///
+    /// # fn f(config: MtlsClientConfig) {
+    /// let config = config.expect_server_uri(
+    ///     "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/web",
+    /// );
+    /// # }
+    /// ```
+    pub fn expect_server_uri(mut self, uri: impl Into<String>) -> Self {
+        let verifier = Arc::new(CurrentCaVerifier {
+            certs: self.certs.clone(),
+            expected_uri: Some(uri.into()),
+        });
+        self.tls.dangerous().set_certificate_verifier(verifier);
+        self
     }
 
     /// The rustls configuration: client certificate, private-CA
@@ -180,10 +213,12 @@ pub fn wrap_connector<H>(config: &MtlsClientConfig, http: H) -> HttpsConnector<H
     }
 }
 
-/// Verifies servers with webpki against the CA of the current material.
+/// Verifies servers with webpki against the CA of the current material,
+/// by host name, or by URI SAN when `expected_uri` is set.
 #[derive(Debug)]
 struct CurrentCaVerifier {
     certs: ReloadingCertificates,
+    expected_uri: Option<String>,
 }
 
 impl ServerCertVerifier for CurrentCaVerifier {
@@ -195,6 +230,25 @@ impl ServerCertVerifier for CurrentCaVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(expected) = &self.expected_uri {
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &parsed,
+                &self.certs.roots(),
+                intermediates,
+                now,
+                self.certs.provider().signature_verification_algorithms.all,
+            )?;
+            let peer = super::parse_peer_certificate(end_entity).map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+            if !peer.sans.iter().any(|san| san == expected) {
+                return Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ));
+            }
+            return Ok(ServerCertVerified::assertion());
+        }
         self.certs.server_verifier().verify_server_cert(
             end_entity,
             intermediates,

@@ -6,6 +6,7 @@ use http::Request;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::PeerCertificate;
 use crate::identity::{Identity, PeerIdentity};
 
 /// Inserts the connection's verified [`Identity`] — and the raw
@@ -45,12 +46,23 @@ use crate::identity::{Identity, PeerIdentity};
 #[derive(Debug, Clone)]
 pub struct PeerIdentityLayer {
     identity: Identity,
+    certificate: Option<PeerCertificate>,
 }
 
 impl PeerIdentityLayer {
     /// Inserts `identity` (and its [`Identity::peer`], when it has one).
     pub fn new(identity: Identity) -> Self {
-        Self { identity }
+        Self {
+            identity,
+            certificate: None,
+        }
+    }
+
+    /// Also inserts the verified certificate the identity was read from
+    /// (for [`ForwardClientCertLayer`](super::ForwardClientCertLayer)).
+    pub fn certificate(mut self, certificate: PeerCertificate) -> Self {
+        self.certificate = Some(certificate);
+        self
     }
 
     /// The identity this layer inserts.
@@ -66,6 +78,7 @@ impl<S> Layer<S> for PeerIdentityLayer {
         AddPeerIdentity {
             inner,
             identity: self.identity.clone(),
+            certificate: self.certificate.clone(),
         }
     }
 }
@@ -75,12 +88,17 @@ impl<S> Layer<S> for PeerIdentityLayer {
 pub struct AddPeerIdentity<S> {
     inner: S,
     identity: Identity,
+    certificate: Option<PeerCertificate>,
 }
 
 impl<S> AddPeerIdentity<S> {
     /// Wraps `inner`, inserting `identity` into every request.
     pub fn new(inner: S, identity: Identity) -> Self {
-        Self { inner, identity }
+        Self {
+            inner,
+            identity,
+            certificate: None,
+        }
     }
 
     /// The wrapped service.
@@ -115,6 +133,9 @@ where
         let extensions = request.extensions_mut();
         if let Some(peer) = self.identity.peer() {
             extensions.insert::<PeerIdentity>(peer.clone());
+        }
+        if let Some(certificate) = &self.certificate {
+            extensions.insert(certificate.clone());
         }
         extensions.insert(self.identity.clone());
         self.inner.call(request)

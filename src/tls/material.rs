@@ -29,6 +29,8 @@ pub(super) struct Material {
     pub(super) server: Arc<ServerConfig>,
     /// Verifies servers against the private CA only.
     pub(super) server_verifier: Arc<WebPkiServerVerifier>,
+    /// The private CA, for verifiers that check a URI rather than a name.
+    pub(super) roots: Arc<RootCertStore>,
 }
 
 impl Material {
@@ -60,11 +62,12 @@ impl Material {
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
         server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
         let server_verifier =
-            WebPkiServerVerifier::builder_with_provider(roots, provider.clone()).build()?;
+            WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
         Ok(Self {
             key,
             server: Arc::new(server),
             server_verifier,
+            roots,
         })
     }
 }

@@ -22,6 +22,10 @@
 //!   certificate and trusts only the private CA; [`client_connector`] turns
 //!   it into the `HttpsConnector` of hyper-util's pooled client (HTTP/1.1
 //!   and HTTP/2 through ALPN) — what the reverse proxy dials upstreams with.
+//! - **Forwarding the identity.** [`ForwardClientCertLayer`] tells
+//!   upstreams who the verified client is in `X-Forwarded-Client-Cert`
+//!   (Envoy's format: certificate hash, subject, SPIFFE ID, DNS names),
+//!   and removes any copy a client sent.
 //! - **Reload.** [`ReloadingCertificates`] holds the chain, key and CA;
 //!   [`ReloadingCertificates::watch`] polls their files and swaps new
 //!   material in atomically for the next handshake, on both sides. A bad
@@ -148,12 +152,14 @@ mod peer;
 mod reload;
 mod roles;
 mod serve;
+mod xfcc;
 
 pub use acceptor::{Accepted, MtlsAcceptor};
 pub use client::{MtlsClientConfig, client_connector, wrap_connector};
 pub use error::TlsError;
 pub use layer::{AddPeerIdentity, PeerIdentityLayer};
-pub use peer::{PeerCertificateError, parse_peer_certificate, peer_identity};
+pub use peer::{PeerCertificate, PeerCertificateError, parse_peer_certificate, peer_identity};
 pub use reload::{CertificateFiles, ReloadStatus, ReloadingCertificates};
 pub use roles::PeerRoles;
 pub use serve::serve;
+pub use xfcc::{ForwardClientCert, ForwardClientCertLayer, X_FORWARDED_CLIENT_CERT};

@@ -1,6 +1,9 @@
 //! Reading the verified peer certificate as a [`PeerIdentity`].
 
+use std::sync::Arc;
+
 use rustls::{ServerConnection, pki_types::CertificateDer};
+use sha2::{Digest, Sha256};
 use x509_parser::{
     certificate::X509Certificate, extensions::GeneralName, objects::oid_registry, prelude::FromDer,
 };
@@ -40,6 +43,70 @@ pub fn peer_identity(connection: &ServerConnection) -> Result<PeerIdentity, Peer
         .and_then(<[_]>::first)
         .ok_or(PeerCertificateError::Missing)?;
     parse_peer_certificate(leaf)
+}
+
+/// The verified client certificate of a connection (the leaf, DER), in
+/// the extensions of each request on it next to its
+/// [`PeerIdentity`] — what [`ForwardClientCertLayer`](super::ForwardClientCertLayer)
+/// hashes for `X-Forwarded-Client-Cert`. Cheap to clone.
+///
+/// ```
+/// use tower_gateway::tls::PeerCertificate;
+///
+/// let cert = PeerCertificate::new(vec![0x30, 0x00]);
+/// assert_eq!(cert.der(), [0x30, 0x00]);
+/// assert_eq!(cert.sha256_hex().len(), 64);
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerCertificate {
+    inner: Arc<PeerCertificateInner>,
+}
+
+#[derive(PartialEq, Eq)]
+struct PeerCertificateInner {
+    der: Vec<u8>,
+    sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for PeerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCertificate")
+            .field("sha256", &self.sha256_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerCertificate {
+    /// The certificate in DER; its SHA-256 digest is computed now, once
+    /// per connection.
+    pub fn new(der: impl Into<Vec<u8>>) -> Self {
+        let der = der.into();
+        let sha256 = Sha256::digest(&der).into();
+        Self {
+            inner: Arc::new(PeerCertificateInner { der, sha256 }),
+        }
+    }
+
+    /// The certificate, DER-encoded.
+    pub fn der(&self) -> &[u8] {
+        &self.inner.der
+    }
+
+    /// The SHA-256 digest of the DER certificate.
+    pub fn sha256(&self) -> &[u8; 32] {
+        &self.inner.sha256
+    }
+
+    /// The SHA-256 digest as lower-case hex (Envoy's XFCC `Hash`).
+    pub fn sha256_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for byte in self.inner.sha256 {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        out
+    }
 }
 
 /// Reads a DER certificate as a [`PeerIdentity`]: the subject

@@ -266,6 +266,10 @@ impl ReloadingCertificates {
         self.shared.current.load().server_verifier.clone()
     }
 
+    pub(super) fn roots(&self) -> Arc<rustls::RootCertStore> {
+        self.shared.current.load().roots.clone()
+    }
+
     fn certified_key(&self) -> Arc<CertifiedKey> {
         self.shared.current.load().key.clone()
     }

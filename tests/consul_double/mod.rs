@@ -29,6 +29,20 @@
 //!   `service:read`), with `X-Consul-Results-Filtered-By-ACLs: true` unless
 //!   the token is anonymous; writes without `service:write` answer 403
 //!   `Permission denied: token with AccessorID '…' lacks permission …`.
+//! - Connect's built-in CA: `GET /v1/agent/connect/ca/roots` and `GET
+//!   /v1/agent/connect/ca/leaf/:service`, both with blocking queries
+//!   (`index`, `wait`; `X-Consul-Index` is the roots' or the leaf's
+//!   `ModifyIndex`). A leaf is issued at the first request for its
+//!   service, signed by the active root, with the URI SAN
+//!   `spiffe://<trust-domain>/ns/default/dc/dc1/svc/<service>` and no DNS
+//!   SAN, valid 72 h (Consul's default `leaf_cert_ttl`). Tests can rotate
+//!   a leaf (new certificate, key, serial and index), and the CA in
+//!   Consul's order: first the new root becomes active while the old one
+//!   stays listed (inactive), then the leaves are re-issued by the new
+//!   root; their `CertPEM` then carries, after the leaf, the new root
+//!   cross-signed by the previous one, so that peers still trusting only
+//!   the previous root accept them. These endpoints ignore ACLs (Consul requires
+//!   `service:write` for a leaf).
 //! - `ns` and `partition` parameters answer 400, as Community Edition does
 //!   (they are Enterprise features).
 //! - Wrong methods answer 405 with `Allow`; unknown paths 404.
@@ -52,9 +66,15 @@
 //! front of Consul returns) or with 500 `No cluster leader` (what Consul
 //! answers during an election), stop accepting connections (dropping the
 //! open ones) and come back on the same port. It records every request.
-//! With the `tls` feature it can serve HTTPS (HTTP/1.1 only).
+//! With the `tls` feature it can serve HTTPS (HTTP/1.1 only), and HTTPS
+//! that requires a client certificate chaining to a given CA (an agent
+//! with `tls.https.verify_incoming`); it then records the leaf each
+//! request came with, and closes connections after every answer so that
+//! each request shows the certificate of a fresh handshake.
 
 #![allow(dead_code, unreachable_pub)]
+
+pub mod pki;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -85,6 +105,7 @@ pub const NODE: &str = "node-1";
 pub const NODE_ADDRESS: &str = "127.0.0.1";
 const NODE_ID: &str = "5b7a0f6e-1a2b-4c3d-8e9f-0a1b2c3d4e5f";
 const ANONYMOUS_ACCESSOR: &str = "00000000-0000-0000-0000-000000000002";
+const CLUSTER_ID: &str = "11111111-2222-3333-4444-555555555555";
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
@@ -160,6 +181,9 @@ pub struct Recorded {
     pub token: Option<String>,
     pub body: Bytes,
     pub at: Instant,
+    /// The client certificate (DER leaf) the connection was opened with,
+    /// under mutual TLS.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl Recorded {
@@ -216,6 +240,109 @@ struct Instance {
     modify_index: u64,
 }
 
+/// One root of the Connect CA.
+#[derive(Clone)]
+struct ConnectRoot {
+    id: String,
+    name: String,
+    ca: Arc<pki::TestCa>,
+    /// This root signed by the previous one, if any.
+    cross_signed: Option<String>,
+    serial: u64,
+    active: bool,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// One issued leaf.
+#[derive(Clone)]
+struct ConnectLeaf {
+    leaf: pki::Leaf,
+    serial: u64,
+    valid_after: std::time::SystemTime,
+    valid_before: std::time::SystemTime,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// The built-in Connect CA.
+#[derive(Clone)]
+struct ConnectState {
+    trust_domain: String,
+    roots: Vec<ConnectRoot>,
+    roots_index: u64,
+    leaves: BTreeMap<String, ConnectLeaf>,
+    leaf_ttl: Duration,
+    next_serial: u64,
+}
+
+impl std::fmt::Debug for ConnectState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectState")
+            .field("trust_domain", &self.trust_domain)
+            .field("roots_index", &self.roots_index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectState {
+    fn new() -> Self {
+        Self {
+            trust_domain: format!("{CLUSTER_ID}.consul"),
+            roots: Vec::new(),
+            roots_index: 0,
+            leaves: BTreeMap::new(),
+            leaf_ttl: Duration::from_secs(72 * 3600),
+            next_serial: 10,
+        }
+    }
+
+    fn serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
+    fn active(&self) -> Option<&ConnectRoot> {
+        self.roots.iter().find(|r| r.active)
+    }
+}
+
+/// `0a:1b:…`, the way Consul prints serial numbers and key IDs.
+fn colon_hex(value: u64) -> String {
+    value
+        .to_be_bytes()
+        .iter()
+        .skip_while(|b| **b == 0)
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// RFC 3339 in UTC, seconds precision, as Go's `time.Time` marshals.
+fn rfc3339(at: std::time::SystemTime) -> String {
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap();
+    let rem = secs % 86_400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// The catalog, as the state store holds it.
 #[derive(Debug, Clone)]
 struct State {
@@ -228,6 +355,7 @@ struct State {
     /// Index of the last write that removed a service's last instance.
     extinction_index: u64,
     next_generation: u64,
+    connect: ConnectState,
 }
 
 impl State {
@@ -242,7 +370,86 @@ impl State {
             service_index: BTreeMap::new(),
             extinction_index: 0,
             next_generation: 1,
+            connect: ConnectState::new(),
         }
+    }
+
+    /// The Connect CA's active root, created (one raft write) on first use.
+    fn connect_root(&mut self) -> Arc<pki::TestCa> {
+        if let Some(root) = self.connect.active() {
+            return root.ca.clone();
+        }
+        self.rotate_connect_root()
+    }
+
+    /// A new active root; the previous ones stay listed, inactive.
+    fn rotate_connect_root(&mut self) -> Arc<pki::TestCa> {
+        self.raft_index += 1;
+        let index = self.raft_index;
+        let uri = format!("spiffe://{}", self.connect.trust_domain);
+        let n = self.connect.roots.len() + 1;
+        let ca = Arc::new(pki::TestCa::with_uri(
+            &format!("Consul CA Root Cert {n}"),
+            Some(&uri),
+        ));
+        let mut cross_signed = None;
+        for root in &mut self.connect.roots {
+            if root.active {
+                root.active = false;
+                root.modify_index = index;
+                cross_signed = Some(ca.cross_signed_by(&root.ca));
+            }
+        }
+        let serial = self.connect.serial();
+        self.connect.roots.push(ConnectRoot {
+            id: colon_hex(0x5a00_0000_0000_0000 | serial),
+            name: format!("Consul CA Primary Cert {n}"),
+            ca: ca.clone(),
+            cross_signed,
+            serial,
+            active: true,
+            create_index: index,
+            modify_index: index,
+        });
+        self.connect.roots_index = index;
+        ca
+    }
+
+    /// Issues (or re-issues) the leaf of `service` with the active root.
+    fn issue_connect_leaf(&mut self, service: &str) {
+        let ca = self.connect_root();
+        let cross_signed = self.connect.active().and_then(|r| r.cross_signed.clone());
+        self.raft_index += 1;
+        let index = self.raft_index;
+        let serial = self.connect.serial();
+        let uri = format!(
+            "spiffe://{}/ns/default/dc/{DATACENTER}/svc/{service}",
+            self.connect.trust_domain
+        );
+        let short = &self.connect.trust_domain[..8];
+        let cn = format!("{service}.svc.default.{short}.consul");
+        let ttl = self.connect.leaf_ttl;
+        let mut leaf = ca.leaf_with(&cn, &[uri.as_str()], Some(ttl), Some(serial));
+        if let Some(intermediate) = cross_signed {
+            leaf.cert_pem.push_str(&intermediate);
+        }
+        let now = std::time::SystemTime::now();
+        let create_index = self
+            .connect
+            .leaves
+            .get(service)
+            .map_or(index, |l| l.create_index);
+        self.connect.leaves.insert(
+            service.to_owned(),
+            ConnectLeaf {
+                leaf,
+                serial,
+                valid_after: now - Duration::from_secs(60),
+                valid_before: now + ttl,
+                create_index,
+                modify_index: index,
+            },
+        );
     }
 
     /// One raft write touching `names`.
@@ -320,6 +527,9 @@ enum Transport {
     Plain,
     #[cfg(feature = "tls")]
     Tls(tokio_rustls::TlsAcceptor),
+    /// Client certificates required.
+    #[cfg(feature = "tls")]
+    Mtls(tokio_rustls::TlsAcceptor),
 }
 
 impl ConsulDouble {
@@ -349,6 +559,37 @@ impl ConsulDouble {
             .unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         Self::start_on(DoubleConfig::default(), Transport::Tls(acceptor)).await
+    }
+
+    /// Serves HTTPS with this certificate chain and key (PEM), and refuses
+    /// handshakes without a client certificate that chains to `ca_pem`.
+    #[cfg(feature = "tls")]
+    pub async fn start_mtls(chain_pem: &str, key_pem: &str, ca_pem: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(ca.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Self::start_on(DoubleConfig::default(), Transport::Mtls(acceptor)).await
     }
 
     async fn start_on(config: DoubleConfig, transport: Transport) -> Self {
@@ -381,7 +622,7 @@ impl ConsulDouble {
         match self.transport {
             Transport::Plain => format!("http://{}", self.addr),
             #[cfg(feature = "tls")]
-            Transport::Tls(_) => format!("https://{}", self.addr),
+            Transport::Tls(_) | Transport::Mtls(_) => format!("https://{}", self.addr),
         }
     }
 
@@ -473,6 +714,84 @@ impl ConsulDouble {
         self.shared.changed();
     }
 
+    /// Issues a new leaf for `service` (new key, serial and index), as
+    /// the agent does when it renews one; wakes blocked leaf queries.
+    pub fn rotate_connect_leaf(&self, service: &str) {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .issue_connect_leaf(service);
+        self.shared.changed();
+    }
+
+    /// Starts a Connect CA rotation: a new active root, the old one still
+    /// listed. Leaves are re-issued by [`reissue_connect_leaves`](Self::reissue_connect_leaves).
+    pub fn rotate_connect_ca(&self) {
+        self.shared.state.lock().unwrap().rotate_connect_root();
+        self.shared.changed();
+    }
+
+    /// Re-issues every leaf with the active root.
+    pub fn reissue_connect_leaves(&self) {
+        {
+            let mut state = self.shared.state.lock().unwrap();
+            let services: Vec<String> = state.connect.leaves.keys().cloned().collect();
+            for service in services {
+                state.issue_connect_leaf(&service);
+            }
+        }
+        self.shared.changed();
+    }
+
+    /// Sets the validity of leaves issued from now on.
+    pub fn set_connect_leaf_ttl(&self, ttl: Duration) {
+        self.shared.state.lock().unwrap().connect.leaf_ttl = ttl;
+    }
+
+    /// The certificate (DER) of the current leaf of `service`, if issued.
+    pub fn connect_leaf_der(&self, service: &str) -> Option<Vec<u8>> {
+        let state = self.shared.state.lock().unwrap();
+        state
+            .connect
+            .leaves
+            .get(service)
+            .map(|l| l.leaf.der.clone())
+    }
+
+    /// The Connect trust domain (`<cluster id>.consul`).
+    pub fn connect_trust_domain(&self) -> String {
+        self.shared
+            .state
+            .lock()
+            .unwrap()
+            .connect
+            .trust_domain
+            .clone()
+    }
+
+    /// The PEM of every listed Connect root, oldest first.
+    pub fn connect_roots_pem(&self) -> Vec<String> {
+        let state = self.shared.state.lock().unwrap();
+        state
+            .connect
+            .roots
+            .iter()
+            .map(|r| r.ca.pem.clone())
+            .collect()
+    }
+
+    /// Connect requests (roots and leaves) received so far.
+    pub fn connect_requests(&self) -> usize {
+        self.shared
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path.starts_with("/v1/agent/connect/ca/"))
+            .count()
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.requests.lock().unwrap().clone()
     }
@@ -556,11 +875,23 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, transport: Transport) -> Jo
                     let transport = transport.clone();
                     connections.spawn(async move {
                         match transport {
-                            Transport::Plain => serve_connection(stream, shared).await,
+                            Transport::Plain => serve_connection(stream, shared, None, true).await,
                             #[cfg(feature = "tls")]
                             Transport::Tls(acceptor) => {
                                 if let Ok(stream) = acceptor.accept(stream).await {
-                                    serve_connection(stream, shared).await;
+                                    serve_connection(stream, shared, None, true).await;
+                                }
+                            }
+                            #[cfg(feature = "tls")]
+                            Transport::Mtls(acceptor) => {
+                                if let Ok(stream) = acceptor.accept(stream).await {
+                                    let leaf = stream
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(<[_]>::first)
+                                        .map(|c| c.to_vec());
+                                    serve_connection(stream, shared, leaf, false).await;
                                 }
                             }
                         }
@@ -572,15 +903,21 @@ fn serve(listener: TcpListener, shared: Arc<Shared>, transport: Transport) -> Jo
     })
 }
 
-async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
-where
+async fn serve_connection<S>(
+    stream: S,
+    shared: Arc<Shared>,
+    client_cert: Option<Vec<u8>>,
+    keep_alive: bool,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(shared, request).await) }
+        let client_cert = client_cert.clone();
+        async move { Ok::<_, Infallible>(handle(shared, request, client_cert).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(keep_alive)
         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
         .await;
 }
@@ -796,7 +1133,11 @@ fn enterprise_params(query: &[(String, String)]) -> Result<(), Refusal> {
     Ok(())
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    client_cert: Option<Vec<u8>>,
+) -> Answer {
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -817,6 +1158,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
         token: token.clone(),
         body: body.clone(),
         at: Instant::now(),
+        client_cert,
     });
     shared.bump_activity();
 
@@ -827,6 +1169,18 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
             return method_not_allowed(method, "OPTIONS,GET");
         }
         return health_service(&shared, service, &query, token).await;
+    }
+    if path == "/v1/agent/connect/ca/roots" {
+        if method != Method::GET {
+            return method_not_allowed(method, "OPTIONS,GET");
+        }
+        return connect_roots(&shared, &query).await;
+    }
+    if let Some(service) = path.strip_prefix("/v1/agent/connect/ca/leaf/") {
+        if method != Method::GET {
+            return method_not_allowed(method, "OPTIONS,GET");
+        }
+        return connect_leaf(&shared, service, &query).await;
     }
     let put_only = |answer: AgentEndpoint, rest: &str| {
         if method != Method::PUT {
@@ -967,6 +1321,147 @@ async fn health_service(
             () = tokio::time::sleep_until(deadline) => {}
         }
     }
+}
+
+/// `index` and `wait` of a blocking query; an error answer if malformed.
+fn blocking_params(query: &[(String, String)]) -> Result<(u64, Duration), Refusal> {
+    let get = |key: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let mut wait = DEFAULT_WAIT;
+    if let Some(text_wait) = get("wait").filter(|w| !w.is_empty()) {
+        match parse_go_duration(text_wait) {
+            Some(d) if d.is_zero() => {}
+            Some(d) => wait = d.min(MAX_WAIT),
+            None => return Err(bad_request("Invalid wait time")),
+        }
+    }
+    let index = match get("index").filter(|i| !i.is_empty()) {
+        None => 0,
+        Some(index) => match index.parse::<u64>() {
+            Ok(index) => index,
+            Err(_) => return Err(bad_request("Invalid index")),
+        },
+    };
+    Ok((index, wait))
+}
+
+/// Runs a blocking query: `read` gives the current index and answer body
+/// under the state lock; it is answered once the index is above
+/// `min_index`, or at the deadline.
+async fn block_on_index(
+    shared: &Arc<Shared>,
+    query: &[(String, String)],
+    parked_as: &str,
+    read: impl Fn(&mut State) -> (u64, Value),
+) -> Answer {
+    let (min_index, wait) = match blocking_params(query) {
+        Ok(params) => params,
+        Err(refusal) => return refusal.into(),
+    };
+    let deadline = Instant::now() + wait + random_below(wait / 16);
+    let mut changes = shared.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        let (index, body) = read(&mut shared.state.lock().unwrap());
+        if min_index == 0 || index > min_index || Instant::now() >= deadline {
+            let mut answer = Response::new(Full::new(Bytes::from(body.to_string())));
+            let headers = answer.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert("x-consul-index", HeaderValue::from(index.max(1)));
+            return answer;
+        }
+        let _parked = Parked::new(shared, parked_as);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "shutting down");
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// `GET /v1/agent/connect/ca/roots` (Consul HTTP API, Agent, Connect,
+/// "List Certificate Authority (CA) Root Certificates").
+async fn connect_roots(shared: &Arc<Shared>, query: &[(String, String)]) -> Answer {
+    block_on_index(shared, query, "connect-roots", |state| {
+        state.connect_root();
+        let connect = &state.connect;
+        let roots: Vec<Value> = connect
+            .roots
+            .iter()
+            .map(|root| {
+                json!({
+                    "ID": root.id,
+                    "Name": root.name,
+                    "SerialNumber": root.serial,
+                    "SigningKeyID": root.id,
+                    "ExternalTrustDomain": CLUSTER_ID,
+                    "NotBefore": "2026-01-01T00:00:00Z",
+                    "NotAfter": "2036-01-01T00:00:00Z",
+                    "RootCert": root.ca.pem,
+                    "IntermediateCerts": null,
+                    "Active": root.active,
+                    "PrivateKeyType": "ec",
+                    "PrivateKeyBits": 256,
+                    "CreateIndex": root.create_index,
+                    "ModifyIndex": root.modify_index,
+                })
+            })
+            .collect();
+        let active = connect.active().map(|r| r.id.clone()).unwrap_or_default();
+        (
+            connect.roots_index,
+            json!({
+                "ActiveRootID": active,
+                "TrustDomain": connect.trust_domain,
+                "Roots": roots,
+            }),
+        )
+    })
+    .await
+}
+
+/// `GET /v1/agent/connect/ca/leaf/:service` (Consul HTTP API, Agent,
+/// Connect, "Service Leaf Certificate").
+async fn connect_leaf(shared: &Arc<Shared>, service: &str, query: &[(String, String)]) -> Answer {
+    if service.is_empty() {
+        return text(StatusCode::NOT_FOUND, "");
+    }
+    let parked_as = format!("connect-leaf/{service}");
+    block_on_index(shared, query, &parked_as, |state| {
+        if !state.connect.leaves.contains_key(service) {
+            state.issue_connect_leaf(service);
+        }
+        let uri = format!(
+            "spiffe://{}/ns/default/dc/{DATACENTER}/svc/{service}",
+            state.connect.trust_domain
+        );
+        let leaf = &state.connect.leaves[service];
+        (
+            leaf.modify_index,
+            json!({
+                "SerialNumber": colon_hex(leaf.serial),
+                "CertPEM": leaf.leaf.cert_pem,
+                "PrivateKeyPEM": leaf.leaf.key_pem,
+                "Service": service,
+                "ServiceURI": uri,
+                "ValidAfter": rfc3339(leaf.valid_after),
+                "ValidBefore": rfc3339(leaf.valid_before),
+                "CreateIndex": leaf.create_index,
+                "ModifyIndex": leaf.modify_index,
+            }),
+        )
+    })
+    .await
 }
 
 fn health_answer(

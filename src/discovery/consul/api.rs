@@ -48,6 +48,12 @@ pub enum ConsulError {
     /// Consul's answer was not the JSON its API documents.
     #[error("unreadable consul answer: {0}")]
     Decode(#[source] serde_json::Error),
+    /// Connect certificates from Consul are not usable together (a key
+    /// that does not match its leaf, garbage PEM, no root).
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[error("consul connect certificates: {0}")]
+    Certificates(#[from] crate::tls::TlsError),
 }
 
 impl ConsulError {
@@ -114,10 +120,36 @@ impl ConsulClientBuilder {
         }
     }
 
-    /// Reads the agent address and token the way Consul's own tools do:
-    /// `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`), `CONSUL_HTTP_SSL`
-    /// (`true`: HTTPS for an address without a scheme) and
-    /// `CONSUL_HTTP_TOKEN`. A custom CA is set with [`http`](Self::http).
+    /// Reads the agent address, token and TLS files the way Consul's own
+    /// tools do:
+    ///
+    /// - `CONSUL_HTTP_ADDR` (default `127.0.0.1:8500`) and
+    ///   `CONSUL_HTTP_SSL` (`true`: HTTPS for an address without a scheme);
+    /// - `CONSUL_HTTP_TOKEN`;
+    /// - `CONSUL_CACERT`: a PEM file of CA certificates to verify the agent
+    ///   with — then the only roots trusted, as in Consul's Go client;
+    /// - `CONSUL_CLIENT_CERT` and `CONSUL_CLIENT_KEY`: the PEM client
+    ///   certificate and key presented to an agent that verifies incoming
+    ///   connections (`verify_incoming`), re-read while the gateway runs
+    ///   (see [`HttpClientConfig::client_certificate_files`]). Either one
+    ///   alone is ignored with a warning;
+    /// - `CONSUL_TLS_SERVER_NAME`: the name the agent's certificate is
+    ///   verified against (and sent as SNI) instead of the address's host.
+    ///
+    /// `CONSUL_CAPATH` (a directory of CAs) and `CONSUL_HTTP_SSL_VERIFY`
+    /// are not read: pass such CAs with [`HttpClientConfig::add_root_file`];
+    /// verification is never turned off.
+    ///
+    /// Files are read by [`build`](Self::build), which fails if they are
+    /// unusable. A later call to [`http`](Self::http) replaces these TLS
+    /// settings with its own.
+    ///
+    /// ```
+    /// use tower_gateway::discovery::consul::ConsulClientBuilder;
+    ///
+    /// // Nothing set: the local agent over plain HTTP.
+    /// let consul = ConsulClientBuilder::from_env();
+    /// ```
     pub fn from_env() -> Self {
         let mut address =
             std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8500".to_owned());
@@ -130,6 +162,25 @@ impl ConsulClientBuilder {
             && !token.is_empty()
         {
             builder = builder.token(token);
+        }
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(ca) = var("CONSUL_CACERT") {
+            builder.http = builder.http.add_root_file(ca).native_roots(false);
+        }
+        if let Some(name) = var("CONSUL_TLS_SERVER_NAME") {
+            builder.http = builder
+                .http
+                .tls_server_name(name.to_string_lossy().into_owned());
+        }
+        match (var("CONSUL_CLIENT_CERT"), var("CONSUL_CLIENT_KEY")) {
+            (Some(cert), Some(key)) => {
+                builder.http = builder.http.client_certificate_files(cert, key);
+            }
+            (None, None) => {}
+            _ => tracing::warn!(
+                target: "tower_gateway::consul",
+                "CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be set together; no client certificate"
+            ),
         }
         builder
     }
@@ -277,6 +328,17 @@ impl ConsulClient {
         registration: ServiceRegistration,
     ) -> Result<ConsulRegistration, ConsulError> {
         ConsulRegistration::start(self.clone(), registration).await
+    }
+
+    /// Starts configuring the Consul Connect certificates of `service`:
+    /// its leaf and the CA roots from the agent, kept current.
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn connect_certificates(
+        &self,
+        service: impl Into<String>,
+    ) -> super::connect::ConnectCertificatesBuilder {
+        super::connect::ConnectCertificatesBuilder::new(self.clone(), service.into())
     }
 
     pub(super) fn request_timeout(&self) -> Duration {

@@ -55,6 +55,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the `tls` feature, [`ConnectCertificates`] keeps a service's
+//! Consul Connect leaf certificate and the CA roots current
+//! (`/v1/agent/connect/ca/leaf/<service>`, `/v1/agent/connect/ca/roots`)
+//! for the crate's mTLS server and client.
+//!
 //! # Blocking queries
 //!
 //! The watch follows Consul's "Blocking Queries" rules: the
@@ -67,9 +72,14 @@
 //! round trip while the loop is idle.
 
 mod api;
+#[cfg(feature = "tls")]
+mod connect;
 mod registration;
 mod watch;
 
 pub use api::{ConsulClient, ConsulClientBuilder, ConsulError};
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub use connect::{ConnectCertificates, ConnectCertificatesBuilder, ConnectStatus};
 pub use registration::{ConsulRegistration, ServiceCheck, ServiceRegistration};
 pub use watch::{ConsulDiscoveryService, ConsulWatchBuilder};

@@ -39,10 +39,10 @@ use crate::{
 };
 
 /// Longest `wait` Consul honours ("This is limited to 10 minutes").
-const MAX_WAIT: Duration = Duration::from_secs(600);
+pub(super) const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Queries allowed back to back before the rate limit applies (Consul's
 /// docs suggest a token bucket with a burst of 2).
-const BURST: u32 = 2;
+pub(super) const BURST: u32 = 2;
 
 /// Configures the watch of one service; made by [`ConsulClient::watch`].
 ///
@@ -465,17 +465,17 @@ impl Watcher {
 
 /// The `index` of the next blocking query, following Consul's rules.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct BlockingIndex(Option<u64>);
+pub(super) struct BlockingIndex(Option<u64>);
 
 impl BlockingIndex {
     /// `None`: the next query is a plain read (no `index`, no `wait`).
-    fn param(self) -> Option<u64> {
+    pub(super) fn param(self) -> Option<u64> {
         self.0
     }
 
     /// Takes the `X-Consul-Index` of an answer (`None` when missing or
     /// unreadable).
-    fn observe(&mut self, returned: Option<u64>) {
+    pub(super) fn observe(&mut self, returned: Option<u64>) {
         let returned = returned.unwrap_or(0);
         let next = match self.0 {
             // "Reset the index if it goes backwards."
@@ -487,7 +487,7 @@ impl BlockingIndex {
         self.0 = Some(next.max(1));
     }
 
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.0 = None;
     }
 }
@@ -495,14 +495,14 @@ impl BlockingIndex {
 /// A token bucket (as GCRA: one theoretical arrival time) allowing `burst`
 /// queries back to back, then one per `interval`.
 #[derive(Debug)]
-struct RateLimit {
+pub(super) struct RateLimit {
     interval: Duration,
     tolerance: Duration,
     next: Option<Instant>,
 }
 
 impl RateLimit {
-    fn new(interval: Duration, burst: u32) -> Self {
+    pub(super) fn new(interval: Duration, burst: u32) -> Self {
         Self {
             interval,
             tolerance: interval.saturating_mul(burst.saturating_sub(1)),
@@ -512,7 +512,7 @@ impl RateLimit {
 
     /// Takes a token for a query about to start at `now`; returns how long
     /// to wait before starting it.
-    fn acquire(&mut self, now: Instant) -> Duration {
+    pub(super) fn acquire(&mut self, now: Instant) -> Duration {
         let tat = self.next.map_or(now, |t| t.max(now));
         let wait = tat.duration_since(now).saturating_sub(self.tolerance);
         self.next = Some(tat + self.interval);
@@ -523,7 +523,7 @@ impl RateLimit {
 /// Exponential backoff from `min` doubling to `max`, with "equal jitter":
 /// half of the delay is fixed, half random, so it never collapses to zero
 /// and gateways that failed together spread out.
-fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
+pub(super) fn backoff(failures: u32, min: Duration, max: Duration) -> Duration {
     let doublings = failures.saturating_sub(1).min(20);
     let delay = min.saturating_mul(1 << doublings).min(max);
     let half = delay / 2;

@@ -1110,3 +1110,27 @@ async fn negatively_cached_unknown_kid_is_accepted_after_the_refetch() {
     .await;
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// An issuer with a static key beside its JWKS is not ready until the JWKS
+/// was fetched: the provider signs with the published keys.
+#[tokio::test]
+async fn wait_for_keys_waits_for_the_jwks_even_beside_a_static_key() {
+    let server = AuthServer::start(jwks(&[jwk(&rsa1(), Algorithm::RS256, "k1")])).await;
+    server.set_mode(Mode::Error);
+    let gw = Gateway::new(jwks_layer(
+        issuer_for(&server).key(tower_gateway::auth::JwtKey::hmac(
+            b"a-static-key-for-service-tokens-0123456789",
+        )),
+        JwksOptions::default()
+            .refresh_interval(Duration::from_millis(100))
+            .min_refetch_interval(Duration::from_millis(50)),
+    ));
+    assert!(
+        !gw.layer.wait_for_keys(Duration::from_millis(300)).await,
+        "ready before the JWKS was fetched"
+    );
+    server.set_mode(Mode::Serve);
+    assert!(gw.layer.wait_for_keys(KEYS_WAIT).await, "JWKS never loaded");
+    gw.expect_ok(&token(&rsa1(), Algorithm::RS256, "k1"), "k1 once loaded")
+        .await;
+}

@@ -113,11 +113,18 @@ pub(crate) struct Refresher {
     schedule: Mutex<Schedule>,
     updated: watch::Sender<Option<Instant>>,
     shutdown: AtomicBool,
+    /// A fetch has installed keys at least once.
+    loaded: AtomicBool,
     options: JwksOptions,
     pub(crate) counters: JwksCounters,
 }
 
 impl Refresher {
+    /// Whether a fetch has installed this JWKS's keys at least once.
+    pub(crate) fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
     /// Asks for a refetch because a token named an unknown key.
     ///
     /// The fetch runs as soon as the minimum interval since the last one
@@ -211,6 +218,7 @@ pub(crate) fn spawn(
         }),
         updated,
         shutdown: AtomicBool::new(false),
+        loaded: AtomicBool::new(false),
         options,
         counters: JwksCounters::default(),
     });
@@ -312,6 +320,7 @@ impl Task {
         let count = keys.len();
         let store = self.store.upgrade().ok_or(Stop)?;
         store.install(keys);
+        self.refresher.loaded.store(true, Ordering::Release);
         Ok(count)
     }
 

@@ -151,8 +151,9 @@ impl JwtAuthLayer {
         self.shared.verifier.verify(token).map_err(|f| f.error)
     }
 
-    /// Waits until every issuer has at least one key (its JWKS was fetched),
-    /// or `timeout` passes. Returns whether keys are present — call it at
+    /// Waits until every issuer can verify — every JWKS fetched at least
+    /// once, even for an issuer that also has static keys — or `timeout`
+    /// passes. Returns whether keys are present — call it at
     /// start-up to hold traffic until the gateway can verify tokens.
     pub async fn wait_for_keys(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;

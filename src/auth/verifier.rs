@@ -184,9 +184,18 @@ impl Verifier {
         self.issuers.iter().filter_map(|i| i.refresher.as_ref())
     }
 
-    /// Whether every issuer has at least one key.
+    /// Whether every issuer can verify: its JWKS, if it has one, was
+    /// fetched at least once (static keys beside a JWKS do not count: the
+    /// tokens the provider issues are signed with the published keys), and
+    /// it holds at least one key.
     pub(crate) fn has_keys(&self) -> bool {
-        self.issuers.iter().all(|i| !i.store.load().keys.is_empty())
+        self.issuers.iter().all(|i| {
+            #[cfg(feature = "jwks")]
+            if i.refresher.as_ref().is_some_and(|r| !r.loaded()) {
+                return false;
+            }
+            !i.store.load().keys.is_empty()
+        })
     }
 
     /// Verifies a token and builds the caller's identity.

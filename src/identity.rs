@@ -52,10 +52,24 @@ impl Identity {
     /// Scopes come from the `scope` claim (space separated, RFC 8693 §4.2) or
     /// `scp` (a string or an array, as Azure AD and Okta send it).
     pub fn from_claims(claims: Map<String, Value>, roles: &RoleSource) -> Self {
+        let role_list = roles.extract(&claims);
+        Self::with_roles(claims, role_list)
+    }
+
+    /// Like [`from_claims`](Self::from_claims), refusing role claims of the
+    /// wrong shape under a [strict](RoleSource::strict) role source.
+    pub fn try_from_claims(
+        claims: Map<String, Value>,
+        roles: &RoleSource,
+    ) -> Result<Self, RoleClaimError> {
+        let role_list = roles.try_extract(&claims)?;
+        Ok(Self::with_roles(claims, role_list))
+    }
+
+    fn with_roles(claims: Map<String, Value>, role_list: Vec<String>) -> Self {
         let subject = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
         let issuer = claims.get("iss").and_then(Value::as_str).map(str::to_owned);
         let expires_at = claims.get("exp").and_then(numeric_date);
-        let role_list = roles.extract(&claims);
         let mut scopes = Vec::new();
         for name in ["scope", "scp"] {
             if let Some(value) = claims.get(name) {
@@ -262,14 +276,69 @@ impl fmt::Display for ClaimPath {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleSource {
     paths: Vec<ClaimPath>,
+    strict: bool,
 }
+
+/// A role claim of the wrong shape, under [`RoleSource::strict`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the role claim {0} is not an array of strings")]
+pub struct RoleClaimError(pub String);
 
 impl RoleSource {
     /// Roles from every claim in `paths`, merged in order without duplicates.
     pub fn new(paths: impl IntoIterator<Item = ClaimPath>) -> Self {
         Self {
             paths: paths.into_iter().collect(),
+            strict: false,
         }
+    }
+
+    /// Accepts only arrays of strings: a role claim that is a string (which
+    /// the lenient default splits on whitespace), or any other shape, is an
+    /// error — `JwtAuthLayer` answers 403 `invalid_roles_claim` — instead of
+    /// being read or ignored. Use it with an identity provider whose role
+    /// claims are always arrays, so that a token minted another way cannot
+    /// pass a string that happens to split into a role.
+    ///
+    /// ```
+    /// use tower_gateway::identity::RoleSource;
+    ///
+    /// let strict = RoleSource::claim("roles").strict();
+    /// let ok = serde_json::json!({"roles": ["user", "admin"]});
+    /// assert_eq!(strict.try_extract(ok.as_object().unwrap()).unwrap(), ["user", "admin"]);
+    /// let string = serde_json::json!({"roles": "user admin"});
+    /// assert!(strict.try_extract(string.as_object().unwrap()).is_err());
+    /// ```
+    pub fn strict(mut self) -> Self {
+        self.strict = true;
+        self
+    }
+
+    /// Reads the roles out of verified claims; under
+    /// [`strict`](Self::strict), a claim of another shape than an array of
+    /// strings is an error (an absent claim is no roles).
+    pub fn try_extract(&self, claims: &Map<String, Value>) -> Result<Vec<String>, RoleClaimError> {
+        if !self.strict {
+            return Ok(self.extract(claims));
+        }
+        let mut roles = Vec::new();
+        for path in &self.paths {
+            let Some(value) = path.lookup(claims) else {
+                continue;
+            };
+            let Some(items) = value.as_array() else {
+                return Err(RoleClaimError(path.to_string()));
+            };
+            for item in items {
+                let Some(role) = item.as_str() else {
+                    return Err(RoleClaimError(path.to_string()));
+                };
+                if !role.is_empty() && !roles.iter().any(|r| r == role) {
+                    roles.push(role.to_owned());
+                }
+            }
+        }
+        Ok(roles)
     }
 
     /// Roles from one claim, given as a dotted path.

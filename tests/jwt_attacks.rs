@@ -1539,3 +1539,64 @@ async fn underscore_spellings_of_identity_headers_are_stripped() {
         assert!(names.contains(&"x_request_id"), "{what}: {names:?}");
     }
 }
+
+/// Under a strict role source, a role claim that is not an array of
+/// strings is a 403 with its own code — never split, never ignored — while
+/// an array of strings, or no claim at all, passes.
+#[tokio::test]
+async fn strict_roles_refuse_role_claims_of_other_shapes() {
+    let gw = Gateway::build(
+        JwtAuthLayer::builder()
+            .issuer(
+                Issuer::new(ISSUER)
+                    .audience(AUDIENCE)
+                    .key(JwtKey::hmac(HMAC_SECRET)),
+            )
+            .roles(tower_gateway::identity::RoleSource::claim("roles").strict()),
+    );
+    let with_roles = |roles: Value| {
+        let mut claims = claims("alice", &[]);
+        claims["roles"] = roles;
+        mint(Algorithm::HS256, None, &claims)
+    };
+    let seen = gw
+        .expect_ok(
+            bearer(&with_roles(json!(["user", "admin"]))),
+            "alice",
+            "array",
+        )
+        .await;
+    assert_eq!(seen["roles"], json!(["user", "admin"]));
+    let mut claims_without = claims("alice", &[]);
+    claims_without.as_object_mut().unwrap().remove("roles");
+    let seen = gw
+        .expect_ok(
+            bearer(&mint(Algorithm::HS256, None, &claims_without)),
+            "alice",
+            "no roles claim",
+        )
+        .await;
+    assert_eq!(seen["roles"], json!([]));
+    let before = gw.calls();
+    for (shape, roles) in [
+        ("string", json!("user admin")),
+        ("number", json!(7)),
+        ("object", json!({"admin": true})),
+        ("mixed array", json!(["user", 1])),
+        ("nested array", json!([["admin"]])),
+    ] {
+        let reply = gw.send(bearer(&with_roles(roles))).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{shape}: {}",
+            reply.text()
+        );
+        assert_eq!(reply.json()["code"], "invalid_roles_claim", "{shape}");
+    }
+    assert_eq!(
+        gw.calls(),
+        before,
+        "a malformed role claim reached the service"
+    );
+}

@@ -54,6 +54,12 @@ pub enum AuthError {
     /// `exp` is further in the future than the configured maximum lifetime.
     #[error("token lifetime exceeds the maximum")]
     LifetimeTooLong,
+    /// The token verified, but its role claim has another shape than an
+    /// array of strings under a strict
+    /// [`RoleSource`](crate::identity::RoleSource::strict). Answered with
+    /// 403 (`invalid_roles_claim`): the caller is known, its roles are not.
+    #[error("the role claim is not an array of strings")]
+    InvalidRoles,
     /// The client address sent too many tokens that failed verification
     /// (its [`FailureBudget`](super::FailureBudget) is spent); the token was
     /// not looked at. Answered with 429 and `Retry-After`.
@@ -82,6 +88,7 @@ impl AuthError {
             Self::MissingClaim(_) => "claims",
             Self::LifetimeTooLong => "lifetime",
             Self::FailureBudgetExhausted { .. } => "auth_failure_budget",
+            Self::InvalidRoles => "invalid_roles",
         }
     }
 
@@ -102,6 +109,11 @@ impl AuthError {
                 )
                 .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
             }
+            Self::InvalidRoles => Rejection::new(
+                RejectionKind::Forbidden,
+                "invalid_roles_claim",
+                "the token's role claim is not an array of strings",
+            ),
             Self::Missing => Rejection::unauthenticated(realm, None, "authentication required"),
             Self::Expired => {
                 Rejection::unauthenticated(realm, Some("invalid_token"), "the access token expired")

@@ -333,7 +333,12 @@ impl Verifier {
         // The same reading of `exp` as the claims check above: the cache
         // never keeps an entry longer than verification would accept it.
         let exp = claims.get("exp").and_then(numeric_date);
-        let identity = Identity::from_claims(claims, &self.settings.role_source);
+        let identity =
+            Identity::try_from_claims(claims, &self.settings.role_source).map_err(|_| Failed {
+                failure: AuthError::InvalidRoles.into(),
+                keys,
+                refetch: false,
+            })?;
         if let (Some(cache), Some(digest), Some(exp)) = (&self.cache, digest, exp) {
             cache.insert(
                 digest,

@@ -24,14 +24,14 @@
 
 use std::{
     net::SocketAddr,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use http::{Request, Response};
 use tokio::net::TcpListener;
 use tower::{BoxError, Service, ServiceBuilder};
 use tower_gateway::{
-    auth::{Issuer, JwtAuthLayer, JwtKey},
+    auth::{FailureBudget, Issuer, JwtAuthLayer, JwtKey},
     discovery::{Endpoint, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsLayer},
     observe::Observer,
@@ -128,12 +128,24 @@ async fn run(
             .service(Proxy::new(&table));
         serve(listener, svc).await
     } else {
+        // An ES256 key beside the HS256 secret, as forged tokens target
+        // (benches/load/forger.rs): each costs an ECDSA verification unless
+        // the failure budget or the negative cache refuses it first. The
+        // budget is the reference gateway's: 30 failures a minute per
+        // address.
+        let es_key = {
+            use p256::pkcs8::{EncodePublicKey, LineEnding};
+            let secret = p256::SecretKey::random(&mut rand::thread_rng());
+            secret.public_key().to_public_key_pem(LineEnding::LF)?
+        };
         let auth = JwtAuthLayer::builder()
             .issuer(
                 Issuer::new(ISSUER)
                     .audience(AUDIENCE)
-                    .key(JwtKey::hmac(SECRET)),
+                    .key(JwtKey::hmac(SECRET))
+                    .key(JwtKey::ec_pem(es_key)?.kid("es-1")),
             )
+            .failure_budget(FailureBudget::new(30, Duration::from_secs(60)))
             .observer(observer.clone())
             .build()?;
         let policy = Policy::builder()

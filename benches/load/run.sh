@@ -7,7 +7,9 @@
 # ratios to the bare hyper proxy (b) and nginx (g), then memory figures.
 #
 # Environment (defaults in brackets):
-#   TARGETS  targets to run, any of "a b b2 c c0 d e f g" [a b b2 c d e f g]
+#   TARGETS  targets to run, any of "a b b2 c c0 d e f g h" [a b b2 c d e f g h]
+#            (h: (d)'s valid users while load_forger floods the same gateway
+#            with forged ES256 tokens from 127.0.0.2)
 #            (c0: the crate's proxy on a bare hyper-util accept loop instead
 #            of server::serve, to tell the server's share from the proxy's)
 #   D        seconds per measured run                  [10]
@@ -25,7 +27,7 @@
 #            the rounds (e.g. PERF=c), written to PERF_OUT [perf.<t>.data]
 set -euo pipefail
 
-TARGETS=${TARGETS:-"a b b2 c d e f g"}
+TARGETS=${TARGETS:-"a b b2 c d e f g h"}
 D=${D:-10}
 R=${R:-3}
 C=${C:-32}
@@ -95,9 +97,9 @@ if [[ $NO_BUILD != 1 ]]; then
     log "building (release) ..."
     (cd "$ROOT" && cargo build --release --quiet --features redis \
         --example load_upstream --example load_bare_proxy \
-        --example load_gateway --example load_idle_conns)
+        --example load_gateway --example load_idle_conns --example load_forger)
 fi
-for b in load_upstream load_bare_proxy load_gateway load_idle_conns; do
+for b in load_upstream load_bare_proxy load_gateway load_idle_conns load_forger; do
     [[ -x $BIN/$b ]] || die "$BIN/$b missing (build it or unset NO_BUILD)"
 done
 
@@ -178,6 +180,7 @@ DESC[c]="tower-gateway proxy"
 DESC[c0]="proxy, bare accept loop"
 DESC[d]="full stack, 1 token"
 DESC[e]="full stack, cache-miss tokens"
+DESC[h]="(d) under a forged-token flood"
 DESC[f]="full stack, Redis limiter"
 DESC[g]="nginx proxy_pass"
 
@@ -211,11 +214,17 @@ if has c0; then
     start c0 "$CORE_PROXY" "${PORT[c0]}" "$BIN/load_gateway" proxy-bare-server "127.0.0.1:${PORT[c0]}" "$UP"
     PID[c0]=$LAST_PID
 fi
-if has d; then
+if has d || has h; then
     free_port PORT[d]
     start d "$CORE_PROXY" "${PORT[d]}" "$BIN/load_gateway" full "127.0.0.1:${PORT[d]}" "$UP"
     PID[d]=$LAST_PID
     WRK_ARGS[d]="-H|Authorization: Bearer $TOKEN"
+fi
+if has h; then
+    # The same gateway as (d), measured while it is attacked.
+    PORT[h]=${PORT[d]}
+    PID[h]=${PID[d]}
+    WRK_ARGS[h]=${WRK_ARGS[d]}
 fi
 if has e; then
     free_port PORT[e]
@@ -273,7 +282,7 @@ EOF
 fi
 
 ORDER=()
-for t in a b b2 c c0 d e f g; do has "$t" && ORDER+=("$t"); done
+for t in a b b2 c c0 d e f g h; do has "$t" && ORDER+=("$t"); done
 [[ ${#ORDER[@]} -gt 0 ]] || die "no targets"
 
 # --- load --------------------------------------------------------------------
@@ -301,10 +310,22 @@ core_busy() {
 # everything but the target (other users of the machine) were.
 measure() {
     local t=$1 round=$2 core=$3 conns=$4 secs=$5 out=$6 before after lb la pb pa line
+    local forger=
+    if [[ $t == h ]]; then
+        # Forged tokens at full speed from another loopback address, for as
+        # long as the valid users' run lasts.
+        taskset -c "$CORE_LOAD" "$BIN/load_forger" "127.0.0.1:${PORT[h]}" 127.0.0.2 16 "$secs" \
+            distinct >"$TMP/forger.out" 2>&1 &
+        forger=$!
+    fi
     before=$(cpu_ticks "${PID[$t]}")
     lb=$(core_busy "$CORE_LOAD")
     pb=$(core_busy "$CORE_PROXY")
     line=$(wrk_run "$t" "$core" "$conns" "$secs")
+    if [[ -n $forger ]]; then
+        wait "$forger" || true
+        log "  forger: $(cat "$TMP/forger.out")"
+    fi
     after=$(cpu_ticks "${PID[$t]}")
     la=$(core_busy "$CORE_LOAD")
     pa=$(core_busy "$CORE_PROXY")
@@ -380,6 +401,7 @@ check "(d)/(b) throughput >= 0.85" "x >= 0.85" "$(ratio d b 2)"
 check "(d)/(b) p99 <= 1.20" "x <= 1.2" "$(ratio d b 4)"
 check "(f)/(d) throughput >= 0.70" "x >= 0.7" "$(ratio f d 2)"
 check "stretch: (d)/(g) CPU per request <= 1.00" "x <= 1.0" "$(ratio d g 6)"
+check "(h)/(d) valid users' p99 under a forged flood <= 1.5" "x <= 1.5" "$(ratio h d 4)"
 
 # --- profile -----------------------------------------------------------------
 if [[ -n $PERF ]] && has "$PERF"; then

@@ -1600,3 +1600,37 @@ async fn strict_roles_refuse_role_claims_of_other_shapes() {
         "a malformed role claim reached the service"
     );
 }
+
+/// With a tarpit, the 429 of a spent budget is held for the delay: a
+/// flooder's connection gets one answer per delay.
+#[tokio::test(start_paused = true)]
+async fn a_spent_budget_answers_after_the_tarpit_delay() {
+    let gw = Gateway::build(
+        JwtAuthLayer::builder()
+            .issuer(Issuer::new(ISSUER).audience(AUDIENCE).key(hs_key()))
+            .failure_budget(
+                tower_gateway::auth::FailureBudget::new(2, Duration::from_secs(60))
+                    .tarpit(Duration::from_secs(1)),
+            ),
+    );
+    let forged = forged_hs256();
+    let attacker = "192.0.2.66:40000";
+    for i in 0..2 {
+        let started = tokio::time::Instant::now();
+        let reply = gw.send(from(attacker, bearer(&forged))).await;
+        assert_rejection(&reply, Challenge::Invalid, &format!("forged #{i}"));
+        assert!(
+            started.elapsed() < Duration::from_millis(10),
+            "an ordinary 401 was held"
+        );
+    }
+    let started = tokio::time::Instant::now();
+    let reply = gw.send(from(attacker, bearer(&forged))).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "the 429 was not held: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(gw.calls(), 0);
+}

@@ -132,7 +132,7 @@ async fn run(
         // (benches/load/forger.rs): each costs an ECDSA verification unless
         // the failure budget or the negative cache refuses it first. The
         // budget is the reference gateway's: 30 failures a minute per
-        // address.
+        // address, refusals held for a second.
         let es_key = {
             use p256::pkcs8::{EncodePublicKey, LineEnding};
             let secret = p256::SecretKey::random(&mut rand::thread_rng());
@@ -145,7 +145,9 @@ async fn run(
                     .key(JwtKey::hmac(SECRET))
                     .key(JwtKey::ec_pem(es_key)?.kid("es-1")),
             )
-            .failure_budget(FailureBudget::new(30, Duration::from_secs(60)))
+            .failure_budget(
+                FailureBudget::new(30, Duration::from_secs(60)).tarpit(Duration::from_secs(1)),
+            )
             .observer(observer.clone())
             .build()?;
         let policy = Policy::builder()

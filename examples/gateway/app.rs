@@ -262,10 +262,12 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     if config.auth_failures_per_minute > 0 {
         // Well above what a NAT full of clients with stale tokens produces,
         // far below what signature-forging needs.
-        auth = auth.failure_budget(FailureBudget::new(
-            config.auth_failures_per_minute,
-            Duration::from_secs(60),
-        ));
+        // Refusals are held for a second: a flood from a spent address
+        // slows to one token per connection per second.
+        auth = auth.failure_budget(
+            FailureBudget::new(config.auth_failures_per_minute, Duration::from_secs(60))
+                .tarpit(Duration::from_secs(1)),
+        );
     }
     let auth = auth.build()?;
     if !auth.wait_for_keys(Duration::from_secs(5)).await {

@@ -57,6 +57,7 @@ pub struct FailureBudget {
     pub(crate) max_failures: u32,
     pub(crate) window: Duration,
     pub(crate) max_tracked: usize,
+    pub(crate) tarpit: Duration,
 }
 
 impl FailureBudget {
@@ -68,7 +69,19 @@ impl FailureBudget {
             max_failures: max_failures.clamp(1, MAX_COUNT as u32),
             window: window.max(Duration::from_millis(1)),
             max_tracked: 65_536,
+            tarpit: Duration::ZERO,
         }
+    }
+
+    /// Holds each 429 of a spent budget for `delay` before answering
+    /// (default none). A refusal already costs no signature check, but a
+    /// flood still costs a request's worth of work per forged token; held
+    /// answers slow an HTTP/1.1 flooder to one token per connection per
+    /// `delay`, and its connections are bounded by the server's per-IP cap,
+    /// while the gateway spends a timer per held request, not a core.
+    pub fn tarpit(mut self, delay: Duration) -> Self {
+        self.tarpit = delay;
+        self
     }
 
     /// The most client addresses tracked at once (default 65 536, at least
@@ -106,6 +119,10 @@ pub(crate) struct FailureLedger {
 }
 
 impl FailureLedger {
+    pub(crate) fn tarpit(&self) -> Duration {
+        self.budget.tarpit
+    }
+
     pub(crate) fn new(budget: FailureBudget) -> Self {
         Self {
             budget,

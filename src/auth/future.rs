@@ -59,7 +59,6 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    #[cfg(feature = "jwks")]
     pub(crate) fn waiting(future: Boxed<B, E>) -> Self {
         Self {
             kind: Kind::Waiting { future },

@@ -123,7 +123,21 @@ where
                 let _ = token;
                 ResponseFuture::rejected(reject(shared, &request, &failure.error))
             }
-            Err(Failure::Now(error)) => ResponseFuture::rejected(reject(shared, &request, &error)),
+            Err(Failure::Now(error)) => {
+                let response = reject(shared, &request, &error);
+                let tarpit = shared
+                    .budget
+                    .as_ref()
+                    .map_or(std::time::Duration::ZERO, |b| b.tarpit());
+                if matches!(error, AuthError::FailureBudgetExhausted { .. }) && !tarpit.is_zero() {
+                    // Held, not computed: a timer per flooded request.
+                    return ResponseFuture::waiting(Box::pin(async move {
+                        tokio::time::sleep(tarpit).await;
+                        Ok(response)
+                    }));
+                }
+                ResponseFuture::rejected(response)
+            }
         }
     }
 }

@@ -138,7 +138,7 @@ pub(crate) fn apply<B>(request: &mut Request<B>) -> Result<NormalizedPath, PathE
     let normalized = match normalize_cow(request.uri().path())? {
         std::borrow::Cow::Borrowed(same) => NormalizedPath(same.into()),
         std::borrow::Cow::Owned(changed) => {
-            let normalized = NormalizedPath(changed.into_boxed_str());
+            let normalized = NormalizedPath(changed.into());
             rewrite_path(request.uri_mut(), &normalized);
             normalized
         }

@@ -53,7 +53,7 @@ use std::{borrow::Cow, fmt};
 /// no empty segments (except a trailing slash), and no percent-encoded
 /// unreserved characters.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct NormalizedPath(Box<str>);
+pub struct NormalizedPath(std::sync::Arc<str>);
 
 impl NormalizedPath {
     /// The normalized path as a string.
@@ -133,7 +133,7 @@ pub(crate) fn is_double_encoded(normalized: &str) -> bool {
 /// Borrows nothing from `path` in the result; costs one allocation.
 /// `*` (the `OPTIONS *` asterisk-form) is returned as is.
 pub fn normalize(path: &str) -> Result<NormalizedPath, PathError> {
-    normalize_cow(path).map(|p| NormalizedPath(p.into_owned().into_boxed_str()))
+    normalize_cow(path).map(|p| NormalizedPath(p.into()))
 }
 
 /// Like [`normalize`], borrowing `path` when it is already normal.

@@ -109,13 +109,61 @@ impl Proxy {
 
     fn refuse<B>(&self, request: &Request<B>, rejection: Rejection) -> ProxyFuture {
         let response = self.renderer.respond(&rejection, &RequestHead::of(request));
-        Box::pin(std::future::ready(Ok(response)))
+        ProxyFuture {
+            state: State::Refused(Some(response)),
+        }
     }
 }
 
-/// The response future of [`Proxy`].
-pub type ProxyFuture =
-    Pin<Box<dyn Future<Output = Result<Response<ResponseBody<UpstreamBody>>, Infallible>> + Send>>;
+type Sent = Pin<Box<dyn Future<Output = Response<ResponseBody<UpstreamBody>>> + Send>>;
+
+/// The response future of [`Proxy`]: a refusal answered at once, or the
+/// upstream call (one allocation per forwarded request), whose response
+/// loses its hop-by-hop headers — or, on `101 Switching Protocols`, is
+/// spliced to the client's upgraded connection.
+pub struct ProxyFuture {
+    state: State,
+}
+
+enum State {
+    Refused(Option<Response<ResponseBody<UpstreamBody>>>),
+    Sending {
+        sent: Sent,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+    },
+}
+
+impl fmt::Debug for ProxyFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ProxyFuture {
+    type Output = Result<Response<ResponseBody<UpstreamBody>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is `Unpin`: the boxed call, the upgrade handle.
+        match &mut self.get_mut().state {
+            State::Refused(response) => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+            State::Sending { sent, upgrade } => {
+                let mut response = std::task::ready!(sent.as_mut().poll(cx));
+                if let Some(client_upgrade) = upgrade.take()
+                    && response.status() == StatusCode::SWITCHING_PROTOCOLS
+                {
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
+                } else {
+                    remove_hop_by_hop(response.headers_mut(), false);
+                }
+                Poll::Ready(Ok(response))
+            }
+        }
+    }
+}
 
 fn box_body<B>(body: B) -> ProxyBody
 where
@@ -244,18 +292,12 @@ where
             headers.insert(header::HOST, host);
         }
         let request: Request<ProxyBody> = request.map(box_body);
-        Box::pin(async move {
-            let mut response = upstream.send(request, timeout).await;
-            if let Some(client_upgrade) = client_upgrade
-                && response.status() == StatusCode::SWITCHING_PROTOCOLS
-            {
-                let upstream_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
-            } else {
-                remove_hop_by_hop(response.headers_mut(), false);
-            }
-            Ok(response)
-        })
+        ProxyFuture {
+            state: State::Sending {
+                sent: Box::pin(upstream.send(request, timeout)),
+                upgrade: client_upgrade,
+            },
+        }
     }
 }
 

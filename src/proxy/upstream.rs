@@ -442,25 +442,20 @@ async fn attempts(
                 ));
             }
         };
-        // The last attempt takes the head; earlier ones send a copy, so a
-        // retry still has it (extensions stay behind: nothing upstream
-        // reads them).
-        let head = match (&parts, more) {
-            (Some(parts), true) => copy_head(parts),
-            _ => match parts.take() {
-                Some(parts) => parts,
-                None => return Err(upstream_failed("upstream_failed")),
-            },
-        };
-        let Some(this_body) = body.take() else {
-            return Err(upstream_failed("upstream_failed"));
-        };
-        let mut request = Request::from_parts(head, this_body);
-        set_target(&mut request, shared, &endpoint);
         let in_flight = endpoint.start();
         let stream = endpoint.open_stream();
+        let Some(sent) = dispatch(
+            shared,
+            &endpoint,
+            stream.lane(),
+            &mut parts,
+            &mut body,
+            more,
+        ) else {
+            return Err(upstream_failed("upstream_failed"));
+        };
         let started = Instant::now();
-        let result = shared.clients[stream.lane()].request(request).await;
+        let result = sent.await;
         let elapsed = started.elapsed();
         drop(in_flight);
         shared.observer.upstream_latency(&shared.name, elapsed);
@@ -524,6 +519,28 @@ async fn attempts(
     }
 }
 
+/// Builds the request of one attempt and hands it to the endpoint's
+/// client. The last attempt takes the head; earlier ones send a copy, so a
+/// retry still has it (extensions stay behind: nothing upstream reads
+/// them). A plain function, so that the request under construction takes
+/// no room in the per-request future, which is boxed.
+fn dispatch(
+    shared: &Shared,
+    endpoint: &EndpointState,
+    lane: usize,
+    parts: &mut Option<http::request::Parts>,
+    body: &mut Option<SendBody>,
+    more: bool,
+) -> Option<hyper_util::client::legacy::ResponseFuture> {
+    let head = match (&*parts, more) {
+        (Some(parts), true) => copy_head(parts),
+        _ => parts.take()?,
+    };
+    let mut request = Request::from_parts(head, body.take()?);
+    set_target(&mut request, shared, endpoint);
+    Some(shared.clients[lane].request(request))
+}
+
 fn upstream_failed(code: &'static str) -> Rejection {
     Rejection::new(
         RejectionKind::BadGateway,
@@ -577,19 +594,15 @@ pub(crate) struct Head {
     method: Method,
     uri: Uri,
     /// Only the content type: it decides between HTTP and gRPC rendering.
-    headers: HeaderMap,
+    content_type: Option<http::HeaderValue>,
 }
 
 impl Head {
     pub(crate) fn of<B>(request: &Request<B>) -> Self {
-        let mut headers = HeaderMap::new();
-        if let Some(ct) = request.headers().get(header::CONTENT_TYPE) {
-            headers.insert(header::CONTENT_TYPE, ct.clone());
-        }
         Self {
             method: request.method().clone(),
             uri: request.uri().clone(),
-            headers,
+            content_type: request.headers().get(header::CONTENT_TYPE).cloned(),
         }
     }
 
@@ -598,9 +611,13 @@ impl Head {
         renderer: &Renderer,
         rejection: &Rejection,
     ) -> Response<ResponseBody<UpstreamBody>> {
+        let mut headers = HeaderMap::new();
+        if let Some(content_type) = &self.content_type {
+            headers.insert(header::CONTENT_TYPE, content_type.clone());
+        }
         renderer.respond(
             rejection,
-            &RequestHead::new(&self.method, &self.uri, &self.headers),
+            &RequestHead::new(&self.method, &self.uri, &headers),
         )
     }
 }

@@ -350,30 +350,68 @@ impl UpstreamService {
         timeout: Duration,
     ) -> impl Future<Output = Response<ResponseBody<UpstreamBody>>> + Send + 'static {
         let shared = self.shared.clone();
-        async move {
-            let head = Head::of(&request);
-            let (parts, body) = request.into_parts();
-            let (body, handle) = SendBody::new(body, shared.http2);
-            let sending = attempts(&shared, parts, body, &handle, &head.method);
-            match tokio::time::timeout(timeout, sending).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(rejection)) => head.respond(&shared.renderer, &rejection),
-                Err(_) => {
-                    // The deadline passed. If the client was still sending
-                    // its body, the wait was the client's doing.
-                    let rejection = if handle.unfinished() {
-                        client_body_timeout()
-                    } else {
-                        Rejection::new(
-                            RejectionKind::GatewayTimeout,
-                            "upstream_timeout",
-                            "the upstream did not answer in time",
-                        )
-                    };
-                    head.respond(&shared.renderer, &rejection)
-                }
-            }
+        let head = Head::of(&request);
+        let (parts, body) = request.into_parts();
+        let (body, handle) = SendBody::new(body, shared.http2);
+        let method = parts.method.clone();
+        Sending {
+            attempts: tokio::time::timeout(
+                timeout,
+                attempts(
+                    shared.clone(),
+                    Some(parts),
+                    Some(body),
+                    handle.clone(),
+                    method,
+                ),
+            ),
+            shared,
+            head,
+            handle,
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One request to the upstream: its attempts under the deadline, and
+    /// what a refusal needs. A struct rather than an `async` block, so
+    /// that what the attempts consume is stored once, in them: this future
+    /// is the per-request allocation of the proxy.
+    struct Sending<F> {
+        #[pin]
+        attempts: tokio::time::Timeout<F>,
+        shared: Arc<Shared>,
+        head: Head,
+        handle: BodyHandle,
+    }
+}
+
+impl<F> Future for Sending<F>
+where
+    F: Future<Output = Result<Response<ResponseBody<UpstreamBody>>, Rejection>>,
+{
+    type Output = Response<ResponseBody<UpstreamBody>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match std::task::ready!(this.attempts.poll(cx)) {
+            Ok(Ok(response)) => response,
+            Ok(Err(rejection)) => this.head.respond(&this.shared.renderer, &rejection),
+            Err(_) => {
+                // The deadline passed. If the client was still sending its
+                // body, the wait was the client's doing.
+                let rejection = if this.handle.unfinished() {
+                    client_body_timeout()
+                } else {
+                    Rejection::new(
+                        RejectionKind::GatewayTimeout,
+                        "upstream_timeout",
+                        "the upstream did not answer in time",
+                    )
+                };
+                this.head.respond(&this.shared.renderer, &rejection)
+            }
+        })
     }
 }
 
@@ -392,15 +430,14 @@ const MAX_TRIED: usize = 8;
 /// the attempts or the retry budget run out. A retry never goes back to an
 /// endpoint this request already tried, while another is left.
 async fn attempts(
-    shared: &Shared,
-    parts: http::request::Parts,
-    body: SendBody,
-    handle: &BodyHandle,
-    method: &Method,
+    shared: Arc<Shared>,
+    mut parts: Option<http::request::Parts>,
+    mut body: Option<SendBody>,
+    handle: BodyHandle,
+    method: Method,
 ) -> Result<Response<ResponseBody<UpstreamBody>>, Rejection> {
+    let shared = &*shared;
     let mut tried = [usize::MAX; MAX_TRIED];
-    let mut parts = Some(parts);
-    let mut body = Some(body);
     let mut attempt = 0usize;
     loop {
         let Some((index, endpoint)) = shared.endpoints.pick(&tried[..attempt.min(MAX_TRIED)])
@@ -509,7 +546,7 @@ async fn attempts(
                 // a body go again.
                 let again = handle
                     .again()
-                    .filter(|_| handle.is_empty() && idempotent(method));
+                    .filter(|_| handle.is_empty() && idempotent(&method));
                 if retry(&mut attempt, &mut body, again) {
                     continue;
                 }

@@ -209,35 +209,60 @@ pub(crate) async fn serve_connection<S, B>(
     }
     let io = ProgressIo::new(tcp, limits.progress_timeout, slots);
     #[cfg(feature = "tls")]
-    if let Some(acceptor) = &shared.acceptor {
-        let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io));
-        let accepted = tokio::select! {
-            accepted = handshake => accepted,
-            () = draining(&mut drain) => return,
-        };
-        let accepted = match accepted {
-            Ok(Ok(accepted)) => accepted,
-            Ok(Err(error)) => {
-                tracing::debug!(target: "tower_gateway::tls", %remote, %error, "tls handshake refused");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(target: "tower_gateway::tls", %remote, "tls handshake timed out");
-                return;
-            }
-        };
-        tracing::debug!(
-            target: "tower_gateway::tls",
-            %remote,
-            subject = %accepted.peer().subject,
-            sans = ?accepted.peer().sans,
-            "mtls connection accepted"
-        );
-        let (stream, layer) = accepted.into_parts();
-        let service = tower_layer::Layer::layer(&layer, service);
-        return http(TokioIo::new(stream), remote, service, &shared, drain, state).await;
+    if let Some(acceptor) = shared.acceptor.clone() {
+        // Boxed: a plain connection's task then holds no room for the TLS
+        // handshake and stream (rustls state runs to kilobytes).
+        return Box::pin(serve_tls(
+            io, acceptor, remote, service, &shared, drain, state,
+        ))
+        .await;
     }
     http(TokioIo::new(io), remote, service, &shared, drain, state).await;
+}
+
+/// The TLS handshake, bounded by the header read timeout, then HTTP.
+#[cfg(feature = "tls")]
+async fn serve_tls<S, B>(
+    io: ProgressIo<TcpStream>,
+    acceptor: crate::tls::MtlsAcceptor,
+    remote: SocketAddr,
+    service: S,
+    shared: &Shared,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    state: Arc<ConnState>,
+) where
+    S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let handshake = tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(io));
+    let accepted = tokio::select! {
+        accepted = handshake => accepted,
+        () = draining(&mut drain) => return,
+    };
+    let accepted = match accepted {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(error)) => {
+            tracing::debug!(target: "tower_gateway::tls", %remote, %error, "tls handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(target: "tower_gateway::tls", %remote, "tls handshake timed out");
+            return;
+        }
+    };
+    tracing::debug!(
+        target: "tower_gateway::tls",
+        %remote,
+        subject = %accepted.peer().subject,
+        sans = ?accepted.peer().sans,
+        "mtls connection accepted"
+    );
+    let (stream, layer) = accepted.into_parts();
+    let service = tower_layer::Layer::layer(&layer, service);
+    http(TokioIo::new(stream), remote, service, shared, drain, state).await;
 }
 
 /// HTTP on an established connection.

@@ -275,6 +275,14 @@ pub async fn start(
     )?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(async move { tls::serve(listener, acceptor, app).await });
+    // The gateway is this service's only client, and every one of its
+    // connections comes from one address: a per-IP cap would let the
+    // requests a few clients stall at the gateway (each holding a pooled
+    // HTTP/1.1 connection) lock every other request out of the service.
+    // The overall cap still holds.
+    let serve = tls::serve(listener, acceptor, app);
+    let serve =
+        serve.max_connections_per_ip(tower_gateway::server::Limits::default().max_connections);
+    tokio::spawn(async move { serve.await });
     Ok(addr)
 }

@@ -30,12 +30,9 @@ use std::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, Response, StatusCode};
 use tower::{Layer, Service, ServiceExt, service_fn};
-use tower_gateway::{
-    ratelimit::{
-        FailurePolicy, Fixed, Limit, LocalLimiter, QuotaHeaders, RateLimitLayer, RedisBackend,
-        RedisConfig, SCRIPT, Window,
-    },
-    reject::ResponseBody,
+use tower_gateway::ratelimit::{
+    FailurePolicy, Fixed, Limit, LocalLimiter, QuotaHeaders, RateLimitLayer, RedisBackend,
+    RedisConfig, SCRIPT, Window,
 };
 
 /// Figures to print at the end: name → requests per second.
@@ -178,7 +175,7 @@ fn local(c: &mut Criterion) {
     g.finish();
 }
 
-type Res = Response<ResponseBody<String>>;
+type Res = Response<String>;
 
 /// Sends `iters` requests through `svc` from `concurrency` tasks at once
 /// and returns the time they took; every answer must be `expect`.

@@ -200,6 +200,7 @@ async fn layer_fails_fast_with_503_and_does_not_call_inner() {
     let calls = Arc::new(AtomicUsize::new(0));
     let layer = CircuitBreakerLayer::new("orders", config());
     let svc = ServiceBuilder::new()
+        .layer(tower_gateway::reject::RenderLayer::new())
         .layer(layer.clone())
         .service(upstream(status.clone(), calls.clone()));
     for _ in 0..4 {

@@ -107,6 +107,7 @@ impl Gateway {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
         let svc = ServiceBuilder::new()
+            .layer(tower_gateway::reject::RenderLayer::new())
             .layer(layer.clone())
             .service_fn(move |req: Req| {
                 let counter = counter.clone();

@@ -92,6 +92,7 @@ impl Gateway {
         let calls = Arc::new(AtomicUsize::new(0));
         let counter = calls.clone();
         let svc = ServiceBuilder::new()
+            .layer(tower_gateway::reject::RenderLayer::new())
             .layer(layer)
             .service_fn(move |req: Req| {
                 let counter = counter.clone();

@@ -23,7 +23,7 @@ use tower_gateway::{
         ClientAddr, ClientIp, Consumer, Fixed, Header, KeyExtractor, Limit, LocalLimiter,
         MissingKey, QuotaHeaders, RateLimitLayer, Route, Window,
     },
-    reject::ResponseBody,
+    reject::{RenderLayer, ResponseBody},
     route::RouteTemplate,
 };
 use tower_test::mock;
@@ -33,9 +33,9 @@ type Res = Response<ResponseBody<String>>;
 fn gateway(
     layer: RateLimitLayer,
 ) -> impl Service<Request<String>, Response = Res, Error = Infallible> + Clone {
-    layer.layer(service_fn(|_req: Request<String>| async {
+    RenderLayer::new().layer(layer.layer(service_fn(|_req: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
-    }))
+    })))
 }
 
 fn identity(sub: &str, roles: &[&str], extra: serde_json::Value) -> Identity {

@@ -22,7 +22,7 @@ use tower_gateway::{
         FailurePolicy, Header, Limit, MissingKey, QuotaHeaders, RateLimitLayer, RedisBackend,
         RedisConfig, Window,
     },
-    reject::ResponseBody,
+    reject::{RenderLayer, ResponseBody},
 };
 
 type Res = Response<ResponseBody<String>>;
@@ -66,9 +66,9 @@ fn gateway(
 + Clone
 + Send
 + 'static {
-    layer.layer(service_fn(|_req: Request<String>| async {
+    RenderLayer::new().layer(layer.layer(service_fn(|_req: Request<String>| async {
         Ok::<_, Infallible>(Response::new(String::from("ok")))
-    }))
+    })))
 }
 
 fn request(key: &str) -> Request<String> {

@@ -112,8 +112,8 @@ async fn send_as(
     if let Some(identity) = identity {
         request.extensions_mut().insert(identity);
     }
-    let response = layer
-        .layer(upstream(seen.clone()))
+    let response = tower_gateway::reject::RenderLayer::new()
+        .layer(layer.layer(upstream(seen.clone())))
         .oneshot(request)
         .await
         .unwrap();
@@ -442,8 +442,8 @@ async fn grpc_callers_get_trailers_only_status() {
         if let Some(identity) = who {
             request.extensions_mut().insert(identity);
         }
-        let response = layer
-            .layer(upstream(seen.clone()))
+        let response = tower_gateway::reject::RenderLayer::new()
+            .layer(layer.layer(upstream(seen.clone())))
             .oneshot(request)
             .await
             .unwrap();

@@ -120,12 +120,16 @@ const ALL: [Which; 3] = [Which::Jwt, Which::Rbac, Which::Normalize];
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Layered = tower::util::BoxCloneService<Req, Response<ResponseBody<String>>, BoxError>;
 
+fn render<S>(inner: S) -> tower_gateway::reject::Render<S> {
+    tower_gateway::reject::RenderLayer::new().layer(inner)
+}
+
 fn layered(which: Which, inner: Mock) -> Layered {
     match which {
-        Which::Jwt => tower::util::BoxCloneService::new(jwt().layer(inner)),
-        Which::Rbac => tower::util::BoxCloneService::new(rbac().layer(inner)),
+        Which::Jwt => tower::util::BoxCloneService::new(render(jwt().layer(inner))),
+        Which::Rbac => tower::util::BoxCloneService::new(render(rbac().layer(inner))),
         Which::Normalize => {
-            tower::util::BoxCloneService::new(NormalizePathLayer::new().layer(inner))
+            tower::util::BoxCloneService::new(render(NormalizePathLayer::new().layer(inner)))
         }
     }
 }

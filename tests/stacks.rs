@@ -44,7 +44,7 @@ use tower_gateway::{
     identity::Identity,
     path::NormalizePathLayer,
     rbac::{Policy, RbacLayer, RoleHierarchy, Rule},
-    reject::{Rejection, RenderRejection, Renderer, RequestHead},
+    reject::{Rejection, RenderLayer, RenderRejection, Renderer, RequestHead},
 };
 
 /// Upper bound on any one network exchange, so a broken stack fails instead
@@ -302,6 +302,12 @@ async fn whoami(request: axum::extract::Request) -> String {
 }
 
 fn axum_app(jwt: JwtAuthLayer, rbac: RbacLayer) -> Router {
+    axum_app_rendered_by(jwt, rbac, Renderer::default())
+}
+
+/// The one render step sits outermost; the refusals of every layer inside,
+/// the per-route RBAC of `/orders/{id}` included, are rendered there.
+fn axum_app_rendered_by(jwt: JwtAuthLayer, rbac: RbacLayer, renderer: Renderer) -> Router {
     Router::new()
         .route("/orders", get(echo).post(echo))
         .route("/whoami", get(whoami))
@@ -314,7 +320,12 @@ fn axum_app(jwt: JwtAuthLayer, rbac: RbacLayer) -> Router {
             )
             .route_layer(RbacLayer::require_any(["admin"])),
         )
-        .layer(ServiceBuilder::new().layer(jwt).layer(rbac))
+        .layer(
+            ServiceBuilder::new()
+                .layer(RenderLayer::new().renderer(renderer))
+                .layer(jwt)
+                .layer(rbac),
+        )
 }
 
 async fn serve_axum(app: Router) -> SocketAddr {
@@ -387,6 +398,7 @@ async fn axum_normalizes_before_routing_and_nested_rbac_sees_the_routed_path() {
         .route("/public/{*rest}", get(|| async { "public" }));
     let svc = ServiceBuilder::new()
         .map_response(IntoResponse::into_response)
+        .layer(RenderLayer::new())
         .layer(NormalizePathLayer::new())
         .service(app);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -447,9 +459,8 @@ impl RenderRejection for ErrorJson {
 #[tokio::test]
 async fn axum_with_a_custom_renderer() {
     let renderer = Renderer::new(ErrorJson);
-    let jwt = jwt_builder().renderer(renderer.clone()).build().unwrap();
-    let rbac = rbac().renderer(renderer);
-    let addr = serve_axum(axum_app(jwt, rbac)).await;
+    let jwt = jwt_builder().build().unwrap();
+    let addr = serve_axum(axum_app_rendered_by(jwt, rbac(), renderer)).await;
     let client = HttpClient::new(addr, false);
 
     let cases = [
@@ -544,6 +555,7 @@ async fn serve_hyper() -> SocketAddr {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
     });
     let svc = ServiceBuilder::new()
+        .layer(RenderLayer::new())
         .layer(NormalizePathLayer::new())
         .layer(jwt())
         .layer(rbac())
@@ -623,6 +635,7 @@ async fn serve_tonic() -> SocketAddr {
         .build()
         .unwrap();
     let router = tonic::transport::Server::builder()
+        .layer(RenderLayer::new())
         .layer(jwt())
         .layer(RbacLayer::new(policy))
         .add_service(health);

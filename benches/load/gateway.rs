@@ -200,7 +200,7 @@ where
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Default + Send + 'static,
     B::Error: Into<BoxError>,
 {
     // Every load comes from loopback, one address: the per-IP cap must not

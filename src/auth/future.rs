@@ -7,12 +7,9 @@ use std::{
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::{
-    identity::Identity,
-    reject::{self, ResponseBody},
-};
+use crate::{identity::Identity, reject};
 
-type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<B>>, E>> + Send>>;
+type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 pin_project! {
     /// The response future of [`JwtAuth`](super::JwtAuth).
@@ -50,7 +47,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn rejected(response: Response<ResponseBody<B>>) -> Self {
+    pub(crate) fn rejected(response: Response<B>) -> Self {
         Self {
             kind: Kind::Decided {
                 future: reject::ResponseFuture::rejected(response),
@@ -70,7 +67,7 @@ impl<F, B, E> Future for ResponseFuture<F, B, E>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {

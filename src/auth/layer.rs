@@ -12,7 +12,6 @@ use super::{
 use crate::{
     identity::{ClaimPath, Identity, RoleSource},
     observe::Observer,
-    reject::Renderer,
 };
 
 /// Validates bearer JWTs and puts the verified [`Identity`] into the request
@@ -36,7 +35,6 @@ pub(crate) struct Shared {
     pub(crate) stripped: Vec<HeaderName>,
     pub(crate) claims_inserter: Option<ClaimsInserter>,
     pub(crate) realm: Option<String>,
-    pub(crate) renderer: Renderer,
     pub(crate) observer: Observer,
     pub(crate) budget: Option<FailureLedger>,
 }
@@ -92,7 +90,6 @@ pub struct JwtAuthBuilder {
     stripped: Vec<HeaderName>,
     claims_inserter: Option<ClaimsInserter>,
     realm: Option<String>,
-    renderer: Renderer,
     observer: Observer,
     budget: Option<FailureBudget>,
     #[cfg(feature = "jwks")]
@@ -135,7 +132,6 @@ impl JwtAuthLayer {
             stripped: Vec::new(),
             claims_inserter: None,
             realm: None,
-            renderer: Renderer::default(),
             observer: Observer::default(),
             budget: None,
             #[cfg(feature = "jwks")]
@@ -359,12 +355,6 @@ impl JwtAuthBuilder {
         self
     }
 
-    /// Renders rejections with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        self.renderer = renderer;
-        self
-    }
-
     /// Reports refusals (by reason) and JWKS refreshes to `observer`, for
     /// example [`GatewayMetrics::observer`](crate::metrics::GatewayMetrics::observer).
     pub fn observer(mut self, observer: Observer) -> Self {
@@ -449,7 +439,6 @@ impl JwtAuthBuilder {
                 stripped,
                 claims_inserter: self.claims_inserter,
                 realm: self.realm,
-                renderer: self.renderer,
                 observer: self.observer,
                 budget: self.budget.map(FailureLedger::new),
             }),

@@ -8,11 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header
 use tower_service::Service;
 
 use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
-use crate::{
-    connection::ClientAddr,
-    identity::Identity,
-    reject::{RequestHead, ResponseBody},
-};
+use crate::{connection::ClientAddr, identity::Identity, reject::RequestHead};
 
 /// The service of [`JwtAuthLayer`](super::JwtAuthLayer).
 #[derive(Clone)]
@@ -42,9 +38,9 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ReqBody: Send + 'static,
-    ResBody: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -114,7 +110,7 @@ where
                                 if let Some(identity) = identity {
                                     response.extensions_mut().insert(identity);
                                 }
-                                Ok(response.map(ResponseBody::inner))
+                                Ok(response)
                             }
                             Err(error) => Ok(reject(&shared, &request, &error)),
                         }
@@ -241,11 +237,10 @@ fn budget_spent<B>(shared: &Shared, request: &Request<B>) -> Option<std::time::D
     ledger.exhausted(addr.ip())
 }
 
-fn reject<B, ResBody>(
-    shared: &Shared,
-    request: &Request<B>,
-    error: &AuthError,
-) -> Response<ResponseBody<ResBody>> {
+fn reject<B, ResBody>(shared: &Shared, request: &Request<B>, error: &AuthError) -> Response<ResBody>
+where
+    ResBody: Default,
+{
     // Every refusal of a request that carried a token counts against its
     // address's budget; a refusal by the budget itself does not, or the
     // window would never close for a client that keeps retrying.
@@ -260,8 +255,7 @@ fn reject<B, ResBody>(
     }
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
     shared.observer.auth_rejected(error.reason());
-    shared.renderer.respond(
-        &error.rejection(shared.realm.as_deref()),
-        &RequestHead::of(request),
-    )
+    error
+        .rejection(shared.realm.as_deref())
+        .into_response(&RequestHead::of(request))
 }

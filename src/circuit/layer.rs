@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Permit, ServerErrors};
 use crate::{
     observe::Observer,
-    reject::{Rejection, Renderer, RequestHead, ResponseBody},
+    reject::{Rejection, RequestHead},
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -49,7 +49,6 @@ pub struct CircuitBreakerLayer<C = ServerErrors> {
     observer: Option<Observer>,
     config: CircuitConfig,
     classifier: Arc<C>,
-    renderer: Renderer,
 }
 
 #[derive(Clone)]
@@ -69,7 +68,6 @@ impl<C> Clone for CircuitBreakerLayer<C> {
             observer: self.observer.clone(),
             config: self.config,
             classifier: self.classifier.clone(),
-            renderer: self.renderer.clone(),
         }
     }
 }
@@ -90,7 +88,6 @@ impl CircuitBreakerLayer {
             observer: None,
             config,
             classifier: Arc::new(ServerErrors),
-            renderer: Renderer::default(),
         }
     }
 
@@ -110,7 +107,6 @@ impl CircuitBreakerLayer {
             observer: None,
             config,
             classifier: Arc::new(ServerErrors),
-            renderer: Renderer::default(),
         }
     }
 }
@@ -123,7 +119,6 @@ impl<C> CircuitBreakerLayer<C> {
             observer: self.observer,
             config: self.config,
             classifier: Arc::new(classifier),
-            renderer: self.renderer,
         }
     }
 
@@ -133,12 +128,6 @@ impl<C> CircuitBreakerLayer<C> {
             breaker.observe(observer.clone());
         }
         self.observer = Some(observer);
-        self
-    }
-
-    /// Renders 503 rejections with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        self.renderer = renderer;
         self
     }
 
@@ -173,7 +162,6 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
             breaker,
             eject,
             classifier: self.classifier.clone(),
-            renderer: self.renderer.clone(),
             wait: None,
         }
     }
@@ -185,7 +173,6 @@ pub struct CircuitBreakerService<S, C = ServerErrors> {
     breaker: CircuitBreaker,
     eject: bool,
     classifier: Arc<C>,
-    renderer: Renderer,
     wait: Option<Wait>,
 }
 
@@ -202,7 +189,6 @@ impl<S: Clone, C> Clone for CircuitBreakerService<S, C> {
             breaker: self.breaker.clone(),
             eject: self.eject,
             classifier: self.classifier.clone(),
-            renderer: self.renderer.clone(),
             wait: None,
         }
     }
@@ -227,8 +213,9 @@ impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for CircuitBreakerService
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     C: Classify<Response<ResBody>, S::Error>,
+    ResBody: Default,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, C>;
 
@@ -279,10 +266,7 @@ where
                 );
                 ResponseFuture {
                     kind: Kind::Refused {
-                        response: Some(
-                            self.renderer
-                                .respond(&rejection, &RequestHead::of(&request)),
-                        ),
+                        response: Some(rejection.into_response(&RequestHead::of(&request))),
                     },
                 }
             }
@@ -304,7 +288,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B, C> {
         Called { #[pin] future: F, permit: Option<Permit>, classifier: Arc<C> },
-        Refused { response: Option<Response<ResponseBody<B>>> },
+        Refused { response: Option<Response<B>> },
     }
 }
 
@@ -313,7 +297,7 @@ where
     F: Future<Output = Result<Response<B>, E>>,
     C: Classify<Response<B>, E>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -326,7 +310,7 @@ where
                 if let Some(permit) = permit.take() {
                     permit.record(classifier.classify(&result));
                 }
-                Poll::Ready(result.map(|response| response.map(ResponseBody::inner)))
+                Poll::Ready(result)
             }
             KindProj::Refused { response } => Poll::Ready(Ok(response
                 .take()

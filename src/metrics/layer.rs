@@ -433,6 +433,17 @@ pin_project! {
     }
 }
 
+/// An empty body that records nothing: the body of a refusal made outside
+/// the layer, which the stack's render step fills in.
+impl<B: Default> Default for MetricsBody<B> {
+    fn default() -> Self {
+        Self {
+            body: B::default(),
+            record: None,
+        }
+    }
+}
+
 impl<B> fmt::Debug for MetricsBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MetricsBody").finish_non_exhaustive()

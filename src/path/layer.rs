@@ -5,7 +5,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{NormalizedPath, PathError, is_double_encoded, normalize_cow};
-use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture};
+use crate::reject::{Rejection, RequestHead, ResponseFuture};
 
 /// Normalizes request paths once, at the edge (see the [module
 /// documentation](super)).
@@ -22,20 +22,13 @@ use crate::reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFutu
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct NormalizePathLayer {
-    renderer: Renderer,
     reject_double_encoding: bool,
 }
 
 impl NormalizePathLayer {
-    /// A layer with the default rejection renderer.
+    /// A layer that normalizes, refusing only what cannot be normalized.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Renders 400 rejections with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        self.renderer = renderer;
-        self
     }
 
     /// Strict mode: refuses paths with `%25` followed by two hex digits
@@ -69,7 +62,6 @@ impl<S> Layer<S> for NormalizePathLayer {
     fn layer(&self, inner: S) -> Self::Service {
         NormalizePath {
             inner,
-            renderer: self.renderer.clone(),
             reject_double_encoding: self.reject_double_encoding,
         }
     }
@@ -79,15 +71,15 @@ impl<S> Layer<S> for NormalizePathLayer {
 #[derive(Debug, Clone)]
 pub struct NormalizePath<S> {
     inner: S,
-    renderer: Renderer,
     reject_double_encoding: bool,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for NormalizePath<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 
@@ -107,10 +99,7 @@ where
             Ok(_) => ResponseFuture::inner(self.inner.call(request)),
             Err(error) => {
                 let rejection = path_rejection(error);
-                ResponseFuture::rejected(
-                    self.renderer
-                        .respond(&rejection, &RequestHead::of(&request)),
-                )
+                ResponseFuture::rejected(rejection.into_response(&RequestHead::of(&request)))
             }
         }
     }
@@ -176,12 +165,12 @@ mod tests {
     use super::*;
 
     async fn status(layer: NormalizePathLayer, path: &str) -> (StatusCode, String) {
-        let svc =
-            ServiceBuilder::new()
-                .layer(layer)
-                .service_fn(|req: Request<String>| async move {
-                    Ok::<_, Infallible>(Response::new(req.uri().path().to_owned()))
-                });
+        let svc = ServiceBuilder::new()
+            .layer(crate::reject::RenderLayer::new())
+            .layer(layer)
+            .service_fn(|req: Request<String>| async move {
+                Ok::<_, Infallible>(Response::new(req.uri().path().to_owned()))
+            });
         let request = Request::builder().uri(path).body(String::new()).unwrap();
         let response = svc.oneshot(request).await.unwrap();
         let status = response.status();

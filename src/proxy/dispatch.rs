@@ -20,7 +20,7 @@ use super::{
 };
 use crate::connection::ClientAddr;
 use crate::hop_by_hop::{is_upgrade, remove_fixed, remove_hop_by_hop};
-use crate::reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody};
+use crate::reject::{Rejection, RejectionKind, RequestHead};
 
 /// Forwards requests to the upstream of their route (see the [module
 /// documentation](super)).
@@ -30,7 +30,6 @@ pub struct Proxy {
     forwarded: ForwardedHeaders,
     preserve_host: bool,
     https: bool,
-    renderer: Renderer,
     max_header_bytes: usize,
 }
 
@@ -62,7 +61,6 @@ impl Proxy {
             forwarded: ForwardedHeaders::default(),
             preserve_host: false,
             https: false,
-            renderer: Renderer::default(),
             max_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
         }
     }
@@ -101,21 +99,15 @@ impl Proxy {
         self
     }
 
-    /// Renders 400/404/405 rejections with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        self.renderer = renderer;
-        self
-    }
-
     fn refuse<B>(&self, request: &Request<B>, rejection: Rejection) -> ProxyFuture {
-        let response = self.renderer.respond(&rejection, &RequestHead::of(request));
+        let response = rejection.into_response(&RequestHead::of(request));
         ProxyFuture {
             state: State::Refused(Some(response)),
         }
     }
 }
 
-type Sent = Pin<Box<dyn Future<Output = Response<ResponseBody<UpstreamBody>>> + Send>>;
+type Sent = Pin<Box<dyn Future<Output = Response<UpstreamBody>> + Send>>;
 
 /// The response future of [`Proxy`]: a refusal answered at once, or the
 /// upstream call (one allocation per forwarded request), whose response
@@ -126,7 +118,7 @@ pub struct ProxyFuture {
 }
 
 enum State {
-    Refused(Option<Response<ResponseBody<UpstreamBody>>>),
+    Refused(Option<Response<UpstreamBody>>),
     Sending {
         sent: Sent,
         upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -140,7 +132,7 @@ impl fmt::Debug for ProxyFuture {
 }
 
 impl Future for ProxyFuture {
-    type Output = Result<Response<ResponseBody<UpstreamBody>>, Infallible>;
+    type Output = Result<Response<UpstreamBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Every field is `Unpin`: the boxed call, the upgrade handle.
@@ -179,7 +171,7 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tower::BoxError>,
 {
-    type Response = Response<ResponseBody<UpstreamBody>>;
+    type Response = Response<UpstreamBody>;
     type Error = Infallible;
     type Future = ProxyFuture;
 

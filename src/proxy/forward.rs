@@ -107,9 +107,12 @@ pin_project! {
     /// for the upstream's body idle timeout — an upstream that sends its
     /// headers and then stalls must not hold the client forever. Frames are
     /// streamed as they come; nothing is buffered.
+    ///
+    /// The default is an empty body: the body of the proxy's refusals, which
+    /// the stack's render step fills in (see [`crate::reject`]).
     pub struct UpstreamBody {
-        #[pin]
-        inner: Incoming,
+        // `None`: the empty body of a refusal.
+        inner: Option<Incoming>,
         // The timer exists only once the body has had to wait: most
         // responses arrive with their head and never need one, and a
         // frame that arrives costs a clock read, not a timer reset.
@@ -129,11 +132,23 @@ impl UpstreamBody {
         stream: crate::proxy::balance::OpenStream,
     ) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             idle: None,
             last_frame: Instant::now(),
             timeout,
             stream: Some(stream),
+        }
+    }
+}
+
+impl Default for UpstreamBody {
+    fn default() -> Self {
+        Self {
+            inner: None,
+            idle: None,
+            last_frame: Instant::now(),
+            timeout: Duration::ZERO,
+            stream: None,
         }
     }
 }
@@ -159,10 +174,13 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let this = self.project();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if frame.is_none() || this.inner.as_ref().is_end_stream() {
+                if frame.is_none() || inner.is_end_stream() {
                     this.stream.take();
                 } else {
                     *this.last_frame = Instant::now();
@@ -189,11 +207,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 

@@ -364,7 +364,6 @@ where
 #[derive(Debug, Clone)]
 pub struct RequireRouteLayer {
     table: Arc<RouteTable>,
-    renderer: crate::reject::Renderer,
 }
 
 impl RequireRouteLayer {
@@ -372,14 +371,7 @@ impl RequireRouteLayer {
     pub fn new(table: &Arc<RouteTable>) -> Self {
         Self {
             table: table.clone(),
-            renderer: crate::reject::Renderer::default(),
         }
-    }
-
-    /// Renders the refusals with `renderer`.
-    pub fn renderer(mut self, renderer: crate::reject::Renderer) -> Self {
-        self.renderer = renderer;
-        self
     }
 }
 
@@ -390,7 +382,6 @@ impl<S> Layer<S> for RequireRouteLayer {
         RequireRoute {
             inner,
             table: self.table.clone(),
-            renderer: self.renderer.clone(),
         }
     }
 }
@@ -400,14 +391,14 @@ impl<S> Layer<S> for RequireRouteLayer {
 pub struct RequireRoute<S> {
     inner: S,
     table: Arc<RouteTable>,
-    renderer: crate::reject::Renderer,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for RequireRoute<S>
 where
     S: Service<Request<B>, Response = http::Response<ResBody>>,
+    ResBody: Default,
 {
-    type Response = http::Response<crate::reject::ResponseBody<ResBody>>;
+    type Response = http::Response<ResBody>;
     type Error = S::Error;
     type Future = crate::reject::ResponseFuture<S::Future, ResBody>;
 
@@ -435,10 +426,7 @@ where
                 Rejection::bad_request("invalid_path", detail)
             }
         };
-        ResponseFuture::rejected(
-            self.renderer
-                .respond(&rejection, &RequestHead::of(&request)),
-        )
+        ResponseFuture::rejected(rejection.into_response(&RequestHead::of(&request)))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::{
     circuit::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Outcome, ServerErrors},
     discovery::{EndpointWatch, Snapshot},
     observe::Observer,
-    reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody},
+    reject::{Rejection, RejectionKind, RequestHead},
 };
 
 /// An upstream that could not be built.
@@ -74,7 +74,6 @@ pub struct Upstream {
     balancer: Balancer,
     body_idle_timeout: Duration,
     observer: Observer,
-    renderer: Renderer,
 }
 
 impl fmt::Debug for Upstream {
@@ -104,7 +103,6 @@ impl Upstream {
             balancer: Balancer::default(),
             body_idle_timeout: Duration::from_secs(60),
             observer: Observer::default(),
-            renderer: Renderer::default(),
         }
     }
 
@@ -183,12 +181,6 @@ impl Upstream {
         self
     }
 
-    /// Renders 502/503/504 rejections with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        self.renderer = renderer;
-        self
-    }
-
     /// Builds the service and starts the task that follows discovery (needs
     /// a Tokio runtime).
     pub fn build(self) -> Result<UpstreamService, ProxyError> {
@@ -238,7 +230,6 @@ impl Upstream {
                 watch: self.watch,
                 name: self.name,
                 observer: self.observer,
-                renderer: self.renderer,
             }),
         })
     }
@@ -307,7 +298,6 @@ struct Shared {
     watch: EndpointWatch,
     name: Arc<str>,
     observer: Observer,
-    renderer: Renderer,
 }
 
 /// A balanced, retried, time-limited upstream; failures become 502, 503 or
@@ -348,7 +338,7 @@ impl UpstreamService {
         &self,
         request: Request<ProxyBody>,
         timeout: Duration,
-    ) -> impl Future<Output = Response<ResponseBody<UpstreamBody>>> + Send + 'static {
+    ) -> impl Future<Output = Response<UpstreamBody>> + Send + 'static {
         let shared = self.shared.clone();
         let head = Head::of(&request);
         let (parts, body) = request.into_parts();
@@ -388,15 +378,15 @@ pin_project_lite::pin_project! {
 
 impl<F> Future for Sending<F>
 where
-    F: Future<Output = Result<Response<ResponseBody<UpstreamBody>>, Rejection>>,
+    F: Future<Output = Result<Response<UpstreamBody>, Rejection>>,
 {
-    type Output = Response<ResponseBody<UpstreamBody>>;
+    type Output = Response<UpstreamBody>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         Poll::Ready(match std::task::ready!(this.attempts.poll(cx)) {
             Ok(Ok(response)) => response,
-            Ok(Err(rejection)) => this.head.respond(&this.shared.renderer, &rejection),
+            Ok(Err(rejection)) => this.head.refuse(rejection),
             Err(_) => {
                 // The deadline passed. If the client was still sending its
                 // body, the wait was the client's doing.
@@ -409,7 +399,7 @@ where
                         "the upstream did not answer in time",
                     )
                 };
-                this.head.respond(&this.shared.renderer, &rejection)
+                this.head.refuse(rejection)
             }
         })
     }
@@ -435,7 +425,7 @@ async fn attempts(
     mut body: Option<SendBody>,
     handle: BodyHandle,
     method: Method,
-) -> Result<Response<ResponseBody<UpstreamBody>>, Rejection> {
+) -> Result<Response<UpstreamBody>, Rejection> {
     let shared = &*shared;
     let mut tried = [usize::MAX; MAX_TRIED];
     let mut attempt = 0usize;
@@ -509,9 +499,7 @@ async fn attempts(
                     shared.budget.deposit();
                 }
                 let timeout = shared.body_idle_timeout;
-                return Ok(response.map(|incoming| {
-                    ResponseBody::inner(UpstreamBody::new(incoming, timeout, stream))
-                }));
+                return Ok(response.map(|incoming| UpstreamBody::new(incoming, timeout, stream)));
             }
             Err(error) => error,
         };
@@ -643,24 +631,18 @@ impl Head {
         }
     }
 
-    pub(crate) fn respond(
-        &self,
-        renderer: &Renderer,
-        rejection: &Rejection,
-    ) -> Response<ResponseBody<UpstreamBody>> {
+    /// The proxy's response to a refused request (see [`crate::reject`]).
+    pub(crate) fn refuse(&self, rejection: Rejection) -> Response<UpstreamBody> {
         let mut headers = HeaderMap::new();
         if let Some(content_type) = &self.content_type {
             headers.insert(header::CONTENT_TYPE, content_type.clone());
         }
-        renderer.respond(
-            rejection,
-            &RequestHead::new(&self.method, &self.uri, &headers),
-        )
+        rejection.into_response(&RequestHead::new(&self.method, &self.uri, &headers))
     }
 }
 
 impl Service<Request<ProxyBody>> for UpstreamService {
-    type Response = Response<ResponseBody<UpstreamBody>>;
+    type Response = Response<UpstreamBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 

@@ -17,10 +17,7 @@ use super::{
     headers::HeaderList,
     layer::{Settled, Shared},
 };
-use crate::{
-    reject::{RequestHead, ResponseBody},
-    route::RouteTemplate,
-};
+use crate::{reject::RequestHead, route::RouteTemplate};
 
 #[cfg(feature = "redis")]
 type BackendError = super::BackendError;
@@ -62,7 +59,7 @@ pin_project! {
     {
         Deciding { decide: Decide, pending: Option<Pending<S, ReqBody>> },
         Calling { #[pin] future: S::Future, headers: HeaderList },
-        Done { response: Option<Response<ResponseBody<ResBody>>> },
+        Done { response: Option<Response<ResBody>> },
     }
 }
 
@@ -78,7 +75,7 @@ where
     }
 
     /// Resolves at once to `response`.
-    pub(crate) fn done(response: Response<ResponseBody<ResBody>>) -> Self {
+    pub(crate) fn done(response: Response<ResBody>) -> Self {
         Self {
             state: State::Done {
                 response: Some(response),
@@ -109,8 +106,9 @@ pub(crate) fn route_label<B>(request: &Request<B>) -> &str {
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -142,7 +140,7 @@ where
                     }
                 }
                 StateProj::Calling { future, headers } => {
-                    let mut response = ready!(future.poll(cx))?.map(ResponseBody::inner);
+                    let mut response = ready!(future.poll(cx))?;
                     for (name, value) in headers.drain(..) {
                         response.headers_mut().insert(name, value);
                     }

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     identity::Identity,
     observe::Observer,
-    reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody},
+    reject::{Rejection, RejectionKind, RequestHead},
 };
 
 /// What the layer does when the backend cannot decide (Redis failed, timed
@@ -111,7 +111,6 @@ impl RateLimitLayer {
             scope: "default".to_owned(),
             headers: QuotaHeaders::default(),
             missing: MissingKey::default(),
-            renderer: Renderer::default(),
             observer: Observer::default(),
             max_local_keys: DEFAULT_MAX_KEYS,
             #[cfg(feature = "redis")]
@@ -139,7 +138,6 @@ pub struct RateLimitLayerBuilder {
     scope: String,
     headers: QuotaHeaders,
     missing: MissingKey,
-    renderer: Renderer,
     observer: Observer,
     max_local_keys: usize,
     #[cfg(feature = "redis")]
@@ -198,12 +196,6 @@ impl RateLimitLayerBuilder {
     /// What to do with requests without a key (default: 400).
     pub fn on_missing_key(mut self, missing: MissingKey) -> Self {
         self.missing = missing;
-        self
-    }
-
-    /// Renders 429, 503 and 400 responses with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        self.renderer = renderer;
         self
     }
 
@@ -301,7 +293,6 @@ impl RateLimitLayerBuilder {
                 tiers,
                 scope: self.scope,
                 missing: self.missing,
-                renderer: self.renderer,
                 observer: self.observer,
                 backend,
                 fallback,
@@ -318,7 +309,6 @@ pub(crate) struct Shared {
     tiers: Vec<Tier>,
     scope: String,
     pub(crate) missing: MissingKey,
-    renderer: Renderer,
     pub(crate) observer: Observer,
     pub(crate) backend: Backend,
     fallback: Option<LocalLimiter>,
@@ -358,7 +348,7 @@ pub(crate) enum Settled<B> {
     /// Call the inner service; add these headers to its response.
     Admit(HeaderList),
     /// Answer with this response.
-    Refuse(http::Response<ResponseBody<B>>),
+    Refuse(http::Response<B>),
 }
 
 impl Shared {
@@ -378,7 +368,7 @@ impl Shared {
 
     /// Turns the backend's answer (`None`: it failed) into what happens to
     /// the request, applying the failure policy and reporting the outcome.
-    pub(crate) fn settle<B>(
+    pub(crate) fn settle<B: Default>(
         &self,
         tier: usize,
         key: &str,
@@ -405,7 +395,7 @@ impl Shared {
                         "rate limiting is unavailable",
                         Some(1),
                     );
-                    return Settled::Refuse(self.renderer.respond(&rejection, head));
+                    return Settled::Refuse(rejection.into_response(head));
                 }
                 _ => {
                     self.observer.ratelimit_decision(route, "backend_error");
@@ -428,15 +418,15 @@ impl Shared {
             ),
             |rejection, (name, value)| rejection.with_header(name, value),
         );
-        Settled::Refuse(self.renderer.respond(&rejection, head))
+        Settled::Refuse(rejection.into_response(head))
     }
 
     /// The response to a request without a key.
-    pub(crate) fn missing_key<B>(&self, head: &RequestHead<'_>) -> http::Response<ResponseBody<B>> {
+    pub(crate) fn missing_key<B: Default>(&self, head: &RequestHead<'_>) -> http::Response<B> {
         let rejection = Rejection::bad_request(
             "ratelimit_key_missing",
             "the request carries nothing to rate-limit it by",
         );
-        self.renderer.respond(&rejection, head)
+        rejection.into_response(head)
     }
 }

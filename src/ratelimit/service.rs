@@ -14,10 +14,7 @@ use super::{
     key::{KeyBuilder, RequestInfo},
     layer::{Backend, MissingKey, Settled, Shared},
 };
-use crate::{
-    identity::Identity,
-    reject::{RequestHead, ResponseBody},
-};
+use crate::{identity::Identity, reject::RequestHead};
 
 /// Rate-limits requests before they reach the inner service; see
 /// [`RateLimitLayer`](super::RateLimitLayer).
@@ -62,8 +59,9 @@ impl<S> fmt::Debug for RateLimit<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ResBody: Default,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody, ResBody>;
 

@@ -12,7 +12,7 @@ use crate::{
     identity::{Identity, RoleSource},
     observe::Observer,
     path,
-    reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture},
+    reject::{Rejection, RequestHead, ResponseFuture},
 };
 
 /// Authorizes requests by role with a [`Policy`] (see the [module
@@ -28,7 +28,6 @@ struct Shared {
     hierarchy: RoleHierarchy,
     role_source: Option<RoleSource>,
     shadow: bool,
-    renderer: Renderer,
     realm: Option<String>,
     observer: Observer,
 }
@@ -42,7 +41,6 @@ impl RbacLayer {
                 hierarchy: RoleHierarchy::new(),
                 role_source: None,
                 shadow: false,
-                renderer: Renderer::default(),
                 realm: None,
                 observer: Observer::default(),
             }),
@@ -97,12 +95,6 @@ impl RbacLayer {
         self
     }
 
-    /// Renders rejections with `renderer`.
-    pub fn renderer(mut self, renderer: Renderer) -> Self {
-        Arc::make_mut(&mut self.shared).renderer = renderer;
-        self
-    }
-
     /// The `realm` of the `WWW-Authenticate` challenge on 401.
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.shared).realm = Some(realm.into());
@@ -142,8 +134,9 @@ pub struct Rbac<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Rbac<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody>;
 
@@ -158,9 +151,7 @@ where
             Err(error) => {
                 let rejection = path::path_rejection(error);
                 return ResponseFuture::rejected(
-                    shared
-                        .renderer
-                        .respond(&rejection, &RequestHead::of(&request)),
+                    rejection.into_response(&RequestHead::of(&request)),
                 );
             }
         };
@@ -204,10 +195,6 @@ where
             }
             _ => Rejection::forbidden("insufficient role"),
         };
-        ResponseFuture::rejected(
-            shared
-                .renderer
-                .respond(&rejection, &RequestHead::of(&request)),
-        )
+        ResponseFuture::rejected(rejection.into_response(&RequestHead::of(&request)))
     }
 }

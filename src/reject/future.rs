@@ -7,11 +7,10 @@ use std::{
 use http::Response;
 use pin_project_lite::pin_project;
 
-use super::ResponseBody;
-
 pin_project! {
     /// The response future of a layer that decides synchronously: either the
-    /// inner service's future, or a rejection that is already rendered.
+    /// inner service's future, or the response to a refusal (see
+    /// [`Rejection::into_response`](super::Rejection::into_response)).
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<F, B> {
         #[pin]
@@ -23,7 +22,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B> {
         Inner { #[pin] future: F },
-        Rejected { response: Option<Response<ResponseBody<B>>> },
+        Rejected { response: Option<Response<B>> },
     }
 }
 
@@ -35,8 +34,8 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    /// Resolves at once to a rendered rejection.
-    pub(crate) fn rejected(response: Response<ResponseBody<B>>) -> Self {
+    /// Resolves at once to the response to a refusal.
+    pub(crate) fn rejected(response: Response<B>) -> Self {
         Self {
             kind: Kind::Rejected {
                 response: Some(response),
@@ -49,13 +48,11 @@ impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response<ResponseBody<B>>, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map(|result| result.map(|response| response.map(ResponseBody::inner))),
+            KindProj::Inner { future } => future.poll(cx),
             // Polling again after completion is a contract violation by the
             // caller; answering with a pending future would hang it, so the
             // `expect` documents the invariant instead.

@@ -11,15 +11,26 @@
 //! application/grpc*`) with a trailers-only response carrying the matching
 //! `grpc-status` and `grpc-message`.
 //!
-//! # The body convention
+//! # Refused once, rendered once
 //!
-//! Layers are generic over the inner service's response body `B`. A layer that
-//! may reject answers with [`ResponseBody<B>`]: either the inner body, passed
-//! through untouched, or the bytes of a rendered rejection. `ResponseBody<B>`
-//! implements [`http_body::Body`] whenever `B` does with `Data = Bytes`, which
-//! is what axum, hyper and tonic bodies all are, so no body is buffered or
-//! converted and no `Default`/`From` bound is put on `B`.
+//! A layer that refuses answers with
+//! [`Rejection::into_response`]: the status and headers the rejection calls
+//! for, an empty body of the inner service's own body type, and the typed
+//! rejection in the response's extensions. One render step per stack, at its
+//! edge, turns it into the body the client sees: [`RenderLayer`], or
+//! `server::serve`, which has the step built in. So:
 //!
+//! - a layer's response type is its inner service's (`B: Default`, which
+//!   axum, tonic and `http-body-util` bodies and the proxy's body are): the
+//!   body type does not grow with each layer, and any layer can be left out
+//!   with `option_layer`;
+//! - the renderer is chosen once for the whole stack;
+//! - layers outside the refusing one read the reason with [`rejection`]
+//!   (or [`Rendered`] after the render step), never by parsing a body.
+//!
+//! The render step answers with [`ResponseBody<B>`]: the inner body,
+//! untouched, or the rendered bytes.
+
 //! # Replacing the rendering
 //!
 //! ```
@@ -52,13 +63,17 @@
 mod body;
 mod future;
 mod grpc;
+mod layer;
 mod problem;
+mod refused;
 mod rejection;
 mod render;
 
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use grpc::{GrpcCode, is_grpc_request};
+pub use layer::{Render, RenderFuture, RenderLayer};
 pub use problem::ProblemJson;
+pub use refused::rejection;
 pub use rejection::{Rejection, RejectionKind};
-pub use render::{RenderRejection, Renderer, RequestHead};
+pub use render::{RenderRejection, Rendered, Renderer, RequestHead};

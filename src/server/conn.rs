@@ -183,7 +183,7 @@ pub(crate) async fn serve_connection<S, B>(
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Default + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let _ = tcp.set_nodelay(true);
@@ -234,7 +234,7 @@ async fn serve_tls<S, B>(
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Default + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let handshake = tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(io));
@@ -278,7 +278,7 @@ async fn http<I, S, B>(
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Default + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let service = ConnService {

@@ -9,7 +9,9 @@ use tower_service::Service;
 
 use crate::{
     hop_by_hop::{is_upgrade, remove_hop_by_hop},
-    reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody, ResponseFuture},
+    reject::{
+        Rejection, RejectionKind, RenderFuture, Renderer, RequestHead, ResponseBody, ResponseFuture,
+    },
 };
 
 /// Checks and cleans requests where they enter the gateway; apply it
@@ -30,10 +32,11 @@ use crate::{
 ///   these, and routing by host, `X-Forwarded-Host` and a preserved `Host`
 ///   would each pick one of several values.
 ///
-/// Refusals are rendered by the [`Renderer`] (problem JSON; gRPC
-/// trailers-only for gRPC requests). The error type is the inner
-/// service's, so the layer fits under `axum::serve` (which needs
-/// `Infallible`).
+/// The edge is also the stack's render step (see [`crate::reject`]): its own
+/// refusals and those of every layer inside it are rendered here, once, by
+/// its [`Renderer`] (problem JSON; gRPC trailers-only for gRPC requests).
+/// The error type is the inner service's, so the layer fits under
+/// `axum::serve` (which needs `Infallible`).
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -80,7 +83,8 @@ impl EdgeLayer {
         Self::default()
     }
 
-    /// Renders refusals with `renderer`.
+    /// Renders refusals (its own and those of the layers inside it) with
+    /// `renderer`.
     pub fn renderer(mut self, renderer: Renderer) -> Self {
         self.renderer = renderer;
         self
@@ -125,25 +129,29 @@ impl<S> Edge<S> {
 impl<S, B, ResBody> Service<Request<B>> for Edge<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: Default,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = RenderFuture<ResponseFuture<S::Future, ResBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        if let Err(refusal) = check(&request) {
-            return ResponseFuture::rejected(
-                self.renderer
-                    .respond(&refusal.rejection(), &RequestHead::of(&request)),
-            );
-        }
-        let upgrade = is_upgrade(request.headers());
-        remove_hop_by_hop(request.headers_mut(), upgrade);
-        ResponseFuture::inner(self.inner.call(request))
+        let future = if let Err(refusal) = check(&request) {
+            ResponseFuture::rejected(
+                refusal
+                    .rejection()
+                    .into_response(&RequestHead::of(&request)),
+            )
+        } else {
+            let upgrade = is_upgrade(request.headers());
+            remove_hop_by_hop(request.headers_mut(), upgrade);
+            ResponseFuture::inner(self.inner.call(request))
+        };
+        RenderFuture::new(future, self.renderer.clone())
     }
 }
 

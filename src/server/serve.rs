@@ -215,7 +215,7 @@ where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Default + Send + 'static,
     B::Error: Into<BoxError>,
     F: Future<Output = ()> + Send + 'static,
 {
@@ -251,7 +251,7 @@ where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Default + Send + 'static,
     B::Error: Into<BoxError>,
     F: Future<Output = ()> + Send + 'static,
 {

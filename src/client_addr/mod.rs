@@ -54,5 +54,8 @@ mod resolve;
 pub use crate::connection::ClientAddr;
 pub use layer::{ClientAddrLayer, ClientAddrService};
 pub use net::{IpNet, IpNetError};
-pub(crate) use net::{canonical, mask128};
+#[cfg(feature = "proxy")]
+pub(crate) use net::canonical;
+#[cfg(feature = "ratelimit")]
+pub(crate) use net::mask128;
 pub use resolve::{ForwardedHeader, ResolvedClient, TrustedProxies};

@@ -14,7 +14,11 @@ use crate::connection::ClientAddr;
 /// [`ResolvedClient`] in the request extensions (see the [module
 /// documentation](super)).
 ///
-/// Requests without a [`ClientAddr`] pass unchanged.
+/// Requests without a [`ClientAddr`] pass unchanged. Place it outermost
+/// among the layers that need the client (before authentication and rate
+/// limiting). Per request it costs the resolution, which allocates nothing
+/// and, when the peer is not a trusted proxy, reads no header, plus one
+/// small request extension.
 ///
 /// ```
 /// use tower::ServiceBuilder;

@@ -53,9 +53,9 @@ mod resolve;
 
 pub use crate::connection::ClientAddr;
 pub use layer::{ClientAddrLayer, ClientAddrService};
-pub use net::{IpNet, IpNetError};
 #[cfg(feature = "proxy")]
 pub(crate) use net::canonical;
 #[cfg(feature = "ratelimit")]
 pub(crate) use net::mask128;
+pub use net::{IpNet, IpNetError};
 pub use resolve::{ForwardedHeader, ResolvedClient, TrustedProxies};

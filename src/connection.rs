@@ -7,9 +7,14 @@ use std::net::SocketAddr;
 ///
 /// The server puts it into request extensions (`server::serve` does, over
 /// TLS too; with axum, `map_request` from `ConnectInfo`; with hyper-util, in the
-/// accept loop). The rate limiter keys on it (and reads forwarding headers
-/// only from trusted proxies), and the proxy appends it to
-/// `X-Forwarded-For`/`Forwarded`.
+/// accept loop). The proxy appends it to `X-Forwarded-For`/`Forwarded` as
+/// the hop it received the request from.
+///
+/// Layers that need the *client* (rate limiting, the auth failure budget,
+/// logs) read the [`ResolvedClient`](crate::client_addr::ResolvedClient)
+/// instead: the client a [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer)
+/// resolved behind trusted proxies, or this peer when there is no such
+/// layer.
 ///
 /// ```
 /// use tower_gateway::connection::ClientAddr;

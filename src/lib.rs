@@ -10,13 +10,15 @@
 //! | [`circuit`] | [`CircuitBreakerLayer`] | circuit breaking and outlier ejection |
 //! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
 //! | [`metrics`] | [`MetricsLayer`] | Prometheus/OpenMetrics metrics and the `/metrics` handler |
+//! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the client's address behind trusted proxies (`X-Forwarded-For`, `Forwarded`), resolved once for every layer |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
-//! the rejection model ([`reject`]: RFC 9457 problem JSON, RFC 6750
-//! challenges, gRPC status), and the path normalization ([`path`]).
+//! the client address behind trusted proxies ([`client_addr`]), the
+//! rejection model ([`reject`]: RFC 9457 problem JSON, RFC 6750 challenges,
+//! gRPC status), and the path normalization ([`path`]).
 //!
 //! # Example
 //!
@@ -73,6 +75,7 @@ pub mod circuit;
 #[cfg(feature = "client")]
 #[cfg_attr(docsrs, doc(cfg(feature = "client")))]
 pub mod client;
+pub mod client_addr;
 pub mod connection;
 #[cfg(feature = "discovery")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]

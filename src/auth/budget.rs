@@ -35,10 +35,11 @@ use tokio::time::Instant;
 /// Every failure counts, expired tokens included: clients behind one NAT
 /// share a budget, so choose `max_failures` well above what a crowd of
 /// honest clients with stale tokens produces in one window. The address is
-/// the connection's peer: behind a load balancer or reverse proxy every
-/// client has the proxy's address and would share one budget, so use it
-/// only where the peer is the client (or where the server puts the real
-/// client's address into [`ClientAddr`](crate::connection::ClientAddr)).
+/// the request's [`ResolvedClient`](crate::client_addr::ResolvedClient):
+/// the connection's peer, or, behind a load balancer or reverse proxy, the
+/// client a [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer) found
+/// in the forwarding header of a proxy you trust. Without that layer every
+/// client behind a proxy has the proxy's address and shares one budget.
 ///
 /// ```
 /// use std::time::Duration;

@@ -273,9 +273,9 @@ impl JwtAuthBuilder {
 
     /// Refuses token-carrying requests with 429 once their client address
     /// has caused `budget` failed verifications (off by default; see
-    /// [`FailureBudget`]). The address is the connection's
-    /// [`ClientAddr`](crate::connection::ClientAddr); requests without one
-    /// have no budget. Refusals are reported to the observer with the
+    /// [`FailureBudget`]). The address is the request's
+    /// [`ResolvedClient`](crate::client_addr::ResolvedClient); requests
+    /// without a client address have no budget. Refusals are reported to the observer with the
     /// reason `auth_failure_budget`.
     pub fn failure_budget(mut self, budget: FailureBudget) -> Self {
         self.budget = Some(budget);

@@ -8,7 +8,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header
 use tower_service::Service;
 
 use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
-use crate::{connection::ClientAddr, identity::Identity, reject::RequestHead};
+use crate::{client_addr::ResolvedClient, identity::Identity, reject::RequestHead};
 
 /// The service of [`JwtAuthLayer`](super::JwtAuthLayer).
 #[derive(Clone)]
@@ -233,8 +233,7 @@ fn admit<B>(
 /// request came from an address that spent it.
 fn budget_spent<B>(shared: &Shared, request: &Request<B>) -> Option<std::time::Duration> {
     let ledger = shared.budget.as_ref()?;
-    let ClientAddr(addr) = request.extensions().get::<ClientAddr>()?;
-    ledger.exhausted(addr.ip())
+    ledger.exhausted(ResolvedClient::of(request.extensions())?.ip())
 }
 
 fn reject<B, ResBody>(shared: &Shared, request: &Request<B>, error: &AuthError) -> Response<ResBody>
@@ -244,16 +243,17 @@ where
     // Every refusal of a request that carried a token counts against its
     // address's budget; a refusal by the budget itself does not, or the
     // window would never close for a client that keeps retrying.
+    let client = ResolvedClient::of(request.extensions()).map(|c| c.ip());
     if let Some(ledger) = &shared.budget
         && !matches!(
             error,
             AuthError::Missing | AuthError::FailureBudgetExhausted { .. }
         )
-        && let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>()
+        && let Some(ip) = client
     {
-        ledger.record_failure(addr.ip());
+        ledger.record_failure(ip);
     }
-    tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
+    tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), client = ?client, "token refused");
     shared.observer.auth_rejected(error.reason());
     error
         .rejection(shared.realm.as_deref())

@@ -1,8 +1,9 @@
 //! Rate-limit keys: who a request is counted against.
 //!
 //! A key is built only from data the gateway can trust: the [`Identity`]
-//! an authenticating layer verified, the peer address of the connection
-//! (and forwarding headers only when that peer is a proxy you trust), and
+//! an authenticating layer verified, the client address (the peer of the
+//! connection, or the client a proxy you trust names: see
+//! [`client_addr`](crate::client_addr)), and
 //! request headers you name explicitly. The bearer token itself is never
 //! read: a request whose token was not verified has no [`Identity`], and
 //! [`Consumer`] finds no key in it.
@@ -12,17 +13,14 @@
 //! value is replaced by its SHA-256 rather than truncated or dropped (see
 //! [`KeyBuilder`]).
 
-use std::{
-    fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    str::FromStr,
-};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
 use serde_json::Value;
 
-pub use crate::connection::ClientAddr;
+pub use crate::client_addr::{ClientAddr, ForwardedHeader, IpNet, IpNetError, ResolvedClient};
 use crate::{
+    client_addr::{TrustedProxies, mask128},
     identity::{ClaimPath, Identity},
     route::RouteTemplate,
 };
@@ -104,6 +102,12 @@ impl<'a> RequestInfo<'a> {
     /// The connection's peer address, if the server put one there.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.extensions.get::<ClientAddr>().map(|p| p.0)
+    }
+
+    /// The client a [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer)
+    /// resolved, else the peer (see [`ResolvedClient::of`]).
+    pub fn client(&self) -> Option<ResolvedClient> {
+        ResolvedClient::of(self.extensions)
     }
 }
 
@@ -434,26 +438,17 @@ impl KeyExtractor for Fixed {
     }
 }
 
-/// Which forwarding header a trusted proxy sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ForwardedHeader {
-    /// `X-Forwarded-For: client, proxy1, proxy2`.
-    XForwardedFor,
-    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
-    Forwarded,
-}
-
 /// Per client IP address.
 ///
-/// By default the key is the connection's peer address ([`ClientAddr`]) and
-/// forwarding headers are ignored: anyone can write them. Behind proxies,
-/// name the networks they send from with [`ClientIp::trust`]; then, when
-/// the peer is one of them, the forwarding header is read from the right
-/// (the hop the nearest proxy added) leftwards, skipping trusted proxies,
-/// and the first untrusted address is the client. Whatever a client writes
-/// itself lies to the left of that and is never used. A malformed hop ends
-/// the walk at the last trusted one.
+/// The client is the one a [`ClientAddrLayer`] resolved for the request
+/// ([`ResolvedClient`]), so rate limiting agrees with every other layer on
+/// who the client is. Without that layer, `ClientIp` resolves it itself:
+/// from the connection's peer address ([`ClientAddr`]), reading forwarding
+/// headers only from the proxies named with [`ClientIp::trust`] (or
+/// [`ClientIp::proxies`]), by the rules of [`TrustedProxies`]. When the
+/// layer ran, its answer wins over this trust list.
+///
+/// [`ClientAddrLayer`]: crate::client_addr::ClientAddrLayer
 ///
 /// ```
 /// use tower_gateway::ratelimit::{ClientIp, ForwardedHeader};
@@ -465,20 +460,16 @@ pub enum ForwardedHeader {
 /// ```
 #[derive(Debug, Clone)]
 pub struct ClientIp {
-    trusted: Vec<IpNet>,
-    header: ForwardedHeader,
+    proxies: TrustedProxies,
     ipv6_prefix: u8,
 }
 
-/// At most this many forwarding hops are examined.
-const MAX_HOPS: usize = 32;
-
 impl ClientIp {
-    /// Keys on the peer address only.
+    /// Keys on the peer address only (or on the client a
+    /// [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer) resolved).
     pub fn peer() -> Self {
         Self {
-            trusted: Vec::new(),
-            header: ForwardedHeader::XForwardedFor,
+            proxies: TrustedProxies::none(),
             ipv6_prefix: 128,
         }
     }
@@ -486,14 +477,30 @@ impl ClientIp {
     /// Trusts proxies in `net` to report the client in the forwarding
     /// header.
     pub fn trust(mut self, net: IpNet) -> Self {
-        self.trusted.push(net);
+        self.proxies = self.proxies.trust(net);
         self
     }
 
     /// Which forwarding header trusted proxies set (default
     /// `X-Forwarded-For`).
     pub fn header(mut self, header: ForwardedHeader) -> Self {
-        self.header = header;
+        self.proxies = self.proxies.header(header);
+        self
+    }
+
+    /// Replaces the trusted proxies and the header they set: the same
+    /// configuration a [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer)
+    /// takes.
+    ///
+    /// ```
+    /// use tower_gateway::client_addr::TrustedProxies;
+    /// use tower_gateway::ratelimit::ClientIp;
+    ///
+    /// let proxies = TrustedProxies::none().trust("10.0.0.0/8".parse().unwrap());
+    /// let ip = ClientIp::peer().proxies(proxies);
+    /// ```
+    pub fn proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.proxies = proxies;
         self
     }
 
@@ -504,38 +511,13 @@ impl ClientIp {
         self
     }
 
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|net| net.contains(ip))
-    }
-
     /// The client's address for this request.
     pub fn client(&self, request: &RequestInfo<'_>) -> Option<IpAddr> {
-        let mut client = canonical(request.peer()?.ip());
-        if !self.is_trusted(client) {
-            return Some(client);
+        if let Some(resolved) = request.extensions().get::<ResolvedClient>() {
+            return Some(resolved.ip());
         }
-        let (name, parse): (_, fn(&str) -> Option<IpAddr>) = match self.header {
-            ForwardedHeader::XForwardedFor => ("x-forwarded-for", parse_xff_hop),
-            ForwardedHeader::Forwarded => ("forwarded", parse_forwarded_hop),
-        };
-        // Every line of the header, in order, forms one list (RFC 9110 §5.3).
-        let mut hops: Vec<&str> = Vec::new();
-        for value in request.headers().get_all(name) {
-            let Ok(text) = value.to_str() else {
-                // Not text: the list cannot be read past here.
-                hops.push("");
-                continue;
-            };
-            hops.extend(text.split(','));
-        }
-        for hop in hops.iter().rev().take(MAX_HOPS) {
-            let Some(ip) = parse(hop.trim()) else { break };
-            client = canonical(ip);
-            if !self.is_trusted(client) {
-                break;
-            }
-        }
-        Some(client)
+        let peer = request.peer()?;
+        Some(self.proxies.resolve(peer.ip(), request.headers()))
     }
 }
 
@@ -553,117 +535,6 @@ impl KeyExtractor for ClientIp {
         key.push("ip", ip.to_string().as_bytes())
     }
 }
-
-/// IPv4-mapped IPv6 addresses are the IPv4 client they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-fn parse_xff_hop(hop: &str) -> Option<IpAddr> {
-    hop.parse::<IpAddr>()
-        .ok()
-        .or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip()))
-}
-
-/// The `for=` node of one `Forwarded` element (RFC 7239 §4, §6).
-fn parse_forwarded_hop(element: &str) -> Option<IpAddr> {
-    let node = element.split(';').find_map(|pair| {
-        let (name, value) = pair.trim().split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("for")
-            .then_some(value.trim())
-    })?;
-    let node = node
-        .strip_prefix('"')
-        .and_then(|n| n.strip_suffix('"'))
-        .unwrap_or(node);
-    if let Some(rest) = node.strip_prefix('[') {
-        // "[2001:db8::1]" or "[2001:db8::1]:4711"
-        let (addr, _) = rest.split_once(']')?;
-        return addr.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
-    }
-    // "192.0.2.43" or "192.0.2.43:47011"; "unknown" and "_hidden" do not parse.
-    let addr = node.split_once(':').map_or(node, |(a, _)| a);
-    addr.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
-}
-
-fn mask128(bits: u8) -> u128 {
-    match bits {
-        0 => 0,
-        b if b >= 128 => u128::MAX,
-        b => u128::MAX << (128 - u32::from(b)),
-    }
-}
-
-/// An IP network (`10.0.0.0/8`, `2001:db8::/32`, or one address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    /// The network of `addr` with a `prefix`-bit mask (`None` if the prefix
-    /// is longer than the address).
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self {
-            addr: canonical(addr),
-            prefix: if canonical(addr).is_ipv4() && addr.is_ipv6() {
-                prefix.saturating_sub(96)
-            } else {
-                prefix
-            },
-        })
-    }
-
-    /// Whether `ip` is in this network.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = (mask128(self.prefix.saturating_add(96)) & u128::from(u32::MAX)) as u32;
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = mask128(self.prefix);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = IpNetError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| IpNetError(s.to_owned()))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().map_err(|_| IpNetError(s.to_owned()))?,
-            None => max,
-        };
-        Self::new(addr, prefix).ok_or_else(|| IpNetError(s.to_owned()))
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// A string that is not an IP network.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an IP network")]
-pub struct IpNetError(String);
 
 #[cfg(test)]
 mod tests {
@@ -741,82 +612,6 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_headers_are_ignored_from_untrusted_peers() {
-        let ip = ClientIp::peer().trust("10.0.0.0/8".parse().unwrap());
-        assert_eq!(
-            client(&ip, "192.0.2.1:1", &[("x-forwarded-for", "1.1.1.1")]),
-            "192.0.2.1".parse::<IpAddr>().unwrap()
-        );
-    }
-
-    #[test]
-    fn xff_walks_right_to_left_past_trusted_proxies() {
-        let ip = ClientIp::peer().trust("10.0.0.0/8".parse().unwrap());
-        // The client forged "6.6.6.6"; proxy 10.0.0.2 saw 203.0.113.9.
-        let got = client(
-            &ip,
-            "10.0.0.1:1",
-            &[("x-forwarded-for", "6.6.6.6, 203.0.113.9, 10.0.0.2")],
-        );
-        assert_eq!(got, "203.0.113.9".parse::<IpAddr>().unwrap());
-        // Several header lines form one list.
-        let got = client(
-            &ip,
-            "10.0.0.1:1",
-            &[
-                ("x-forwarded-for", "6.6.6.6, 203.0.113.9"),
-                ("x-forwarded-for", "10.0.0.2"),
-            ],
-        );
-        assert_eq!(got, "203.0.113.9".parse::<IpAddr>().unwrap());
-        // Garbage stops the walk at the last trusted hop.
-        let got = client(
-            &ip,
-            "10.0.0.1:1",
-            &[("x-forwarded-for", "6.6.6.6, garbage, 10.0.0.2")],
-        );
-        assert_eq!(got, "10.0.0.2".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn forwarded_header_nodes() {
-        let ip = ClientIp::peer()
-            .trust("10.0.0.0/8".parse().unwrap())
-            .header(ForwardedHeader::Forwarded);
-        let got = client(
-            &ip,
-            "10.0.0.1:1",
-            &[(
-                "forwarded",
-                r#"for=6.6.6.6, for="[2001:db8:cafe::17]:4711";proto=https, for=10.0.0.3"#,
-            )],
-        );
-        assert_eq!(got, "2001:db8:cafe::17".parse::<IpAddr>().unwrap());
-        let got = client(
-            &ip,
-            "10.0.0.1:1",
-            &[("forwarded", "for=unknown, For=\"192.0.2.60:80\"")],
-        );
-        assert_eq!(got, "192.0.2.60".parse::<IpAddr>().unwrap());
-    }
-
-    #[test]
-    fn networks() {
-        let net: IpNet = "10.1.0.0/16".parse().unwrap();
-        assert!(net.contains("10.1.200.3".parse().unwrap()));
-        assert!(net.contains("::ffff:10.1.0.1".parse().unwrap()));
-        assert!(!net.contains("10.2.0.1".parse().unwrap()));
-        let net: IpNet = "2001:db8::/32".parse().unwrap();
-        assert!(net.contains("2001:db8:1::1".parse().unwrap()));
-        assert!(!net.contains("2001:db9::1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
-        assert!("nope".parse::<IpNet>().is_err());
-        let host: IpNet = "192.0.2.1".parse().unwrap();
-        assert!(host.contains("192.0.2.1".parse().unwrap()));
-        assert!(!host.contains("192.0.2.2".parse().unwrap()));
-    }
-
-    #[test]
     fn ipv6_prefix_groups_a_subnet() {
         let ip = ClientIp::peer().ipv6_prefix(64);
         let key = |peer: &str| {
@@ -828,5 +623,39 @@ mod tests {
         };
         assert_eq!(key("[2001:db8::1]:1"), key("[2001:db8::ffff:1]:1"));
         assert_ne!(key("[2001:db8::1]:1"), key("[2001:db8:0:1::1]:1"));
+    }
+    #[test]
+    fn standalone_trust_list_reads_forwarding_headers() {
+        let ip = ClientIp::peer().trust("10.0.0.0/8".parse().unwrap());
+        let headers = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
+        ];
+        assert_eq!(
+            client(&ip, "10.0.0.1:1", &headers),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client(&ip, "192.0.2.1:1", &headers),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+        let ip = ClientIp::peer()
+            .trust("10.0.0.0/8".parse().unwrap())
+            .header(ForwardedHeader::Forwarded);
+        assert_eq!(
+            client(&ip, "10.0.0.1:1", &[("forwarded", "for=203.0.113.9")]),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_resolved_client_wins_over_the_own_trust_list() {
+        let ip = ClientIp::peer().trust("10.0.0.0/8".parse().unwrap());
+        let (m, u, h, mut e) = info_with("10.0.0.1:1", &[("x-forwarded-for", "6.6.6.6")]);
+        // The edge trusts nobody: the peer is the client.
+        e.insert(ResolvedClient::direct("10.0.0.1:1".parse().unwrap()));
+        let info = RequestInfo::new(&m, &u, &h, &e);
+        assert_eq!(ip.client(&info), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(info.client().map(|c| c.ip()), ip.client(&info));
     }
 }

@@ -25,8 +25,9 @@
 //!   `backend_error` or `fallback`.
 //! - **Keys** come only from verified data ([`key`] module docs): the
 //!   [`Identity`](crate::identity::Identity) an authenticating layer put in
-//!   the extensions, the [`ClientAddr`] (forwarding headers only from proxies
-//!   you trust), and headers you name. Client values are length-limited and
+//!   the extensions, the client address ([`ClientAddr`], or the client a
+//!   [`ClientAddrLayer`](crate::client_addr::ClientAddrLayer) resolved behind
+//!   proxies you trust), and headers you name. Client values are length-limited and
 //!   escaped. [`KeyExtractor`] is a one-method trait for your own keys.
 //! - **Tiers**: callers with a role get their own limit
 //!   ([`RateLimitLayerBuilder::tier`]).
@@ -97,7 +98,7 @@ pub use future::ResponseFuture;
 pub use headers::QuotaHeaders;
 pub use key::{
     ClientAddr, ClientIp, Consumer, Fixed, ForwardedHeader, Header, IpNet, IpNetError, KeyBuilder,
-    KeyError, KeyExtractor, Or, RequestInfo, Route,
+    KeyError, KeyExtractor, Or, RequestInfo, ResolvedClient, Route,
 };
 #[cfg(feature = "redis")]
 pub use layer::RedisRateLimitLayer;

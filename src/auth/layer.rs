@@ -6,12 +6,12 @@ use tower_layer::Layer;
 use super::{
     AuthError, FailureBudget, Issuer, JwtAuth,
     budget::FailureLedger,
+    metrics::AuthMetrics,
     token::TokenSources,
     verifier::{Settings, Verifier},
 };
 use crate::{
     identity::{ClaimPath, Identity, RoleSource},
-    observe::Observer,
     reject::Renderer,
 };
 
@@ -37,7 +37,7 @@ pub(crate) struct Shared {
     pub(crate) claims_inserter: Option<ClaimsInserter>,
     pub(crate) realm: Option<String>,
     pub(crate) renderer: Renderer,
-    pub(crate) observer: Observer,
+    pub(crate) metrics: Option<AuthMetrics>,
     pub(crate) budget: Option<FailureLedger>,
 }
 
@@ -93,7 +93,7 @@ pub struct JwtAuthBuilder {
     claims_inserter: Option<ClaimsInserter>,
     realm: Option<String>,
     renderer: Renderer,
-    observer: Observer,
+    metrics: Option<AuthMetrics>,
     budget: Option<FailureBudget>,
     #[cfg(feature = "jwks")]
     jwks_options: super::JwksOptions,
@@ -136,7 +136,7 @@ impl JwtAuthLayer {
             claims_inserter: None,
             realm: None,
             renderer: Renderer::default(),
-            observer: Observer::default(),
+            metrics: None,
             budget: None,
             #[cfg(feature = "jwks")]
             jwks_options: super::JwksOptions::default(),
@@ -279,8 +279,8 @@ impl JwtAuthBuilder {
     /// has caused `budget` failed verifications (off by default; see
     /// [`FailureBudget`]). The address is the connection's
     /// [`ClientAddr`](crate::connection::ClientAddr); requests without one
-    /// have no budget. Refusals are reported to the observer with the
-    /// reason `auth_failure_budget`.
+    /// have no budget. Refusals are counted in the
+    /// [metrics](Self::metrics) with the reason `auth_failure_budget`.
     pub fn failure_budget(mut self, budget: FailureBudget) -> Self {
         self.budget = Some(budget);
         self
@@ -365,10 +365,11 @@ impl JwtAuthBuilder {
         self
     }
 
-    /// Reports refusals (by reason) and JWKS refreshes to `observer`, for
-    /// example [`GatewayMetrics::observer`](crate::metrics::GatewayMetrics::observer).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    /// Counts refusals (by reason) and JWKS refreshes in `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -422,7 +423,7 @@ impl JwtAuthBuilder {
                 self.http.build()?,
                 self.jwks_options,
                 runtime,
-                self.observer.clone(),
+                self.metrics.clone(),
             ))
         } else {
             None
@@ -450,7 +451,7 @@ impl JwtAuthBuilder {
                 claims_inserter: self.claims_inserter,
                 realm: self.realm,
                 renderer: self.renderer,
-                observer: self.observer,
+                metrics: self.metrics,
                 budget: self.budget.map(FailureLedger::new),
             }),
         })

@@ -259,7 +259,9 @@ fn reject<B, ResBody>(
         ledger.record_failure(addr.ip());
     }
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), "token refused");
-    shared.observer.auth_rejected(error.reason());
+    if let Some(metrics) = &shared.metrics {
+        metrics.rejected(error.reason());
+    }
     shared.renderer.respond(
         &error.rejection(shared.realm.as_deref()),
         &RequestHead::of(request),

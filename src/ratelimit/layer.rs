@@ -10,12 +10,13 @@ use super::{
     key::{KeyBuilder, KeyExtractor},
     limit::{Limit, LimitError},
     local::{DEFAULT_MAX_KEYS, LocalLimiter},
+    metrics::{RateLimitMetrics, RateLimitOutcome},
     service::RateLimit,
 };
 use crate::{
     identity::Identity,
-    observe::Observer,
     reject::{Rejection, RejectionKind, Renderer, RequestHead, ResponseBody},
+    route::RouteTemplate,
 };
 
 /// What the layer does when the backend cannot decide (Redis failed, timed
@@ -112,7 +113,7 @@ impl RateLimitLayer {
             headers: QuotaHeaders::default(),
             missing: MissingKey::default(),
             renderer: Renderer::default(),
-            observer: Observer::default(),
+            metrics: None,
             max_local_keys: DEFAULT_MAX_KEYS,
             #[cfg(feature = "redis")]
             redis: None,
@@ -140,7 +141,7 @@ pub struct RateLimitLayerBuilder {
     headers: QuotaHeaders,
     missing: MissingKey,
     renderer: Renderer,
-    observer: Observer,
+    metrics: Option<RateLimitMetrics>,
     max_local_keys: usize,
     #[cfg(feature = "redis")]
     redis: Option<super::RedisBackend>,
@@ -207,10 +208,11 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Reports every decision to `observer` (`allowed`, `limited`,
-    /// `backend_error`, `fallback`).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    /// Counts every decision in `metrics` (by [`RateLimitOutcome`]).
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: RateLimitMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -302,7 +304,7 @@ impl RateLimitLayerBuilder {
                 scope: self.scope,
                 missing: self.missing,
                 renderer: self.renderer,
-                observer: self.observer,
+                metrics: self.metrics,
                 backend,
                 fallback,
                 failure: self.failure,
@@ -319,7 +321,7 @@ pub(crate) struct Shared {
     scope: String,
     pub(crate) missing: MissingKey,
     renderer: Renderer,
-    pub(crate) observer: Observer,
+    metrics: Option<RateLimitMetrics>,
     pub(crate) backend: Backend,
     fallback: Option<LocalLimiter>,
     failure: FailurePolicy,
@@ -383,23 +385,27 @@ impl Shared {
         tier: usize,
         key: &str,
         decided: Option<Decision>,
-        route: &str,
+        route: Option<&RouteTemplate>,
         head: &RequestHead<'_>,
     ) -> Settled<B> {
         let tier = self.tier(tier);
         let (decision, headers, outcome) = match decided {
             Some(d) => {
-                let outcome = if d.allowed { "allowed" } else { "limited" };
+                let outcome = if d.allowed {
+                    RateLimitOutcome::Allowed
+                } else {
+                    RateLimitOutcome::Limited
+                };
                 (d, &tier.headers, outcome)
             }
             None => match (self.failure, &self.fallback) {
                 (FailurePolicy::Local, Some(fallback)) => (
                     fallback.check(key, &tier.fallback),
                     &tier.fallback_headers,
-                    "fallback",
+                    RateLimitOutcome::Fallback,
                 ),
                 (FailurePolicy::Deny, _) => {
-                    self.observer.ratelimit_decision(route, "backend_error");
+                    self.report(route, RateLimitOutcome::BackendError);
                     let rejection = Rejection::unavailable(
                         "ratelimit_unavailable",
                         "rate limiting is unavailable",
@@ -408,12 +414,12 @@ impl Shared {
                     return Settled::Refuse(self.renderer.respond(&rejection, head));
                 }
                 _ => {
-                    self.observer.ratelimit_decision(route, "backend_error");
+                    self.report(route, RateLimitOutcome::BackendError);
                     return Settled::Admit(Vec::new());
                 }
             },
         };
-        self.observer.ratelimit_decision(route, outcome);
+        self.report(route, outcome);
         let mut list = Vec::new();
         if decision.allowed {
             headers.render(&decision, &mut list);
@@ -429,6 +435,13 @@ impl Shared {
             |rejection, (name, value)| rejection.with_header(name, value),
         );
         Settled::Refuse(self.renderer.respond(&rejection, head))
+    }
+
+    /// Counts a decision, if metrics are attached.
+    pub(crate) fn report(&self, route: Option<&RouteTemplate>, outcome: RateLimitOutcome) {
+        if let Some(metrics) = &self.metrics {
+            metrics.decision(route, outcome);
+        }
     }
 
     /// The response to a request without a key.

@@ -7,10 +7,12 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::policy::{Decision, Policy, RoleHierarchy, Rule};
+use super::{
+    metrics::RuleDenials,
+    policy::{Decision, Policy, RoleHierarchy, Rule},
+};
 use crate::{
     identity::{Identity, RoleSource},
-    observe::Observer,
     path,
     reject::{Rejection, Renderer, RequestHead, ResponseBody, ResponseFuture},
 };
@@ -30,7 +32,7 @@ struct Shared {
     shadow: bool,
     renderer: Renderer,
     realm: Option<String>,
-    observer: Observer,
+    metrics: Option<RuleDenials>,
 }
 
 impl RbacLayer {
@@ -44,7 +46,7 @@ impl RbacLayer {
                 shadow: false,
                 renderer: Renderer::default(),
                 realm: None,
-                observer: Observer::default(),
+                metrics: None,
             }),
         }
     }
@@ -109,9 +111,12 @@ impl RbacLayer {
         self
     }
 
-    /// Reports denials (per rule, enforce or shadow) to `observer`.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        Arc::make_mut(&mut self.shared).observer = observer;
+    /// Counts denials (per rule, enforce or shadow) in `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: super::RbacMetrics) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        shared.metrics = Some(metrics.rules(&shared.policy));
         self
     }
 
@@ -183,7 +188,9 @@ where
         }
         shared.policy.count_denial(matched);
         let rule = shared.policy.label(matched);
-        shared.observer.rbac_denied(rule, shared.shadow);
+        if let Some(metrics) = &shared.metrics {
+            metrics.denied(matched, shared.shadow);
+        }
         let subject = identity.and_then(Identity::subject).unwrap_or("-");
         if shared.shadow {
             tracing::warn!(

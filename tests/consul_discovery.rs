@@ -8,103 +8,62 @@
 
 mod consul_double;
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use consul_double::{Acl, AclToken, ConsulDouble, DoubleConfig, Fault};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tower::discover::Change;
-use tower_gateway::{
-    discovery::{
-        ConsulDiscoveryService, Endpoint, EndpointWatch, Snapshot,
-        consul::{ConsulClient, ConsulClientBuilder, ServiceCheck, ServiceRegistration},
-    },
-    observe::{Observe, Observer},
+use tower_gateway::discovery::{
+    ConsulDiscoveryService, Endpoint, EndpointWatch, Snapshot,
+    consul::{ConsulClient, ConsulClientBuilder, ServiceCheck, ServiceRegistration},
 };
 
 const LONG: Duration = Duration::from_secs(5);
 
-/// What the watcher reported to its observer.
-#[derive(Debug, Clone, PartialEq)]
-enum Event {
-    Endpoints(String, usize),
-    Staleness(String, Duration),
-}
+/// What the watcher reported, read back from its metrics (service
+/// `orders`).
+#[cfg(feature = "metrics")]
+struct Recorder(tower_gateway::metrics::GatewayMetrics);
 
-struct Recorder {
-    events: Mutex<Vec<Event>>,
-    signal: watch::Sender<u64>,
-}
-
+#[cfg(feature = "metrics")]
 impl Recorder {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            events: Mutex::new(Vec::new()),
-            signal: watch::channel(0).0,
-        })
+    fn new() -> Self {
+        Self(tower_gateway::metrics::GatewayMetrics::default())
     }
 
-    fn observer(self: &Arc<Self>) -> Observer {
-        Observer::from_arc(self.clone())
+    fn metrics(&self) -> tower_gateway::discovery::DiscoveryMetrics {
+        tower_gateway::discovery::DiscoveryMetrics::new(&self.0)
     }
 
-    fn push(&self, event: Event) {
-        self.events.lock().unwrap().push(event);
-        self.signal.send_modify(|n| *n += 1);
+    fn value(&self, name: &str) -> Option<f64> {
+        let series = format!(r#"{name}{{service="orders"}} "#);
+        self.0
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
     }
 
     fn last_staleness(&self) -> Option<Duration> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find_map(|e| match e {
-                Event::Staleness(_, age) => Some(*age),
-                Event::Endpoints(..) => None,
-            })
+        self.value("gateway_discovery_staleness_seconds")
+            .map(Duration::from_secs_f64)
     }
 
     fn last_count(&self) -> Option<usize> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .rev()
-            .find_map(|e| match e {
-                Event::Endpoints(_, n) => Some(*n),
-                Event::Staleness(..) => None,
-            })
+        self.value("gateway_discovered_endpoints")
+            .map(|n| n as usize)
     }
 
+    /// Whether `condition` holds within `timeout`. Metrics have no change
+    /// signal: they are read every 10 ms.
     async fn wait(&self, timeout: Duration, condition: impl Fn(&Self) -> bool) -> bool {
-        let mut rx = self.signal.subscribe();
         let wait = async {
-            loop {
-                rx.borrow_and_update();
-                if condition(self) {
-                    return;
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
+            while !condition(self) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
         tokio::time::timeout(timeout, wait).await.is_ok()
-    }
-}
-
-impl Observe for Recorder {
-    fn endpoints(&self, service: &str, count: usize) {
-        self.push(Event::Endpoints(service.to_owned(), count));
-    }
-
-    fn discovery_staleness(&self, service: &str, age: Duration) {
-        self.push(Event::Staleness(service.to_owned(), age));
     }
 }
 
@@ -303,6 +262,7 @@ async fn index_going_backwards_resets_the_loop_and_updates_keep_flowing() {
     assert!(registered.elapsed() < Duration::from_secs(1));
 }
 
+#[cfg(feature = "metrics")] // Reads what the watcher reported.
 #[tokio::test]
 async fn garbage_and_errors_keep_the_last_set_stale_and_recovery_flows() {
     let double = ConsulDouble::start().await;
@@ -314,7 +274,7 @@ async fn garbage_and_errors_keep_the_last_set_stale_and_recovery_flows() {
         .wait(Duration::from_secs(10))
         .min_query_interval(Duration::from_millis(20))
         .retry_backoff(Duration::from_millis(50), Duration::from_millis(200))
-        .observer(recorder.observer())
+        .metrics(recorder.metrics())
         .spawn()
         .unwrap();
     let watch = orders.watch();
@@ -357,6 +317,7 @@ async fn garbage_and_errors_keep_the_last_set_stale_and_recovery_flows() {
     }
 }
 
+#[cfg(feature = "metrics")] // Reads what the watcher reported.
 #[tokio::test]
 async fn consul_down_keeps_the_last_set_and_recovers_on_the_same_port() {
     let double = ConsulDouble::start().await;
@@ -367,7 +328,7 @@ async fn consul_down_keeps_the_last_set_and_recovers_on_the_same_port() {
         .wait(Duration::from_secs(10))
         .min_query_interval(Duration::from_millis(20))
         .retry_backoff(Duration::from_millis(50), Duration::from_millis(200))
-        .observer(recorder.observer())
+        .metrics(recorder.metrics())
         .spawn()
         .unwrap();
     let watch = orders.watch();
@@ -450,6 +411,7 @@ async fn no_busy_loop_when_the_index_churns() {
     until(&watch, Duration::from_secs(10), |s| s.endpoints.len() == 2).await;
 }
 
+#[cfg(feature = "metrics")] // Reads what the watcher reported.
 #[tokio::test(start_paused = true)]
 async fn no_busy_loop_when_consul_answers_garbage() {
     let double = ConsulDouble::start().await;
@@ -458,7 +420,7 @@ async fn no_busy_loop_when_consul_answers_garbage() {
     let recorder = Recorder::new();
     let orders = client(&double)
         .watch("orders")
-        .observer(recorder.observer())
+        .metrics(recorder.metrics())
         .spawn()
         .unwrap(); // backoff 1 s doubling to 30 s, with jitter
     tokio::time::sleep(Duration::from_secs(600)).await;

@@ -1350,24 +1350,20 @@ async fn verified_token_cache_repeats_and_expires() {
 // Failure budget and identity-header spellings.
 // ---------------------------------------------------------------------------
 
-/// Counts refusals by reason, as a metrics backend would.
+/// Refusals by reason, as the auth metrics count them.
+#[cfg(feature = "metrics")]
 #[derive(Default)]
-struct Reasons(std::sync::Mutex<Vec<&'static str>>);
+struct Reasons(tower_gateway::metrics::GatewayMetrics);
 
-impl tower_gateway::observe::Observe for Reasons {
-    fn auth_rejected(&self, reason: &'static str) {
-        self.0.lock().unwrap().push(reason);
-    }
-}
-
+#[cfg(feature = "metrics")]
 impl Reasons {
     fn count(&self, reason: &str) -> usize {
+        let series = format!(r#"gateway_auth_failures_total{{reason="{reason}"}} "#);
         self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| **r == reason)
-            .count()
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -1409,16 +1405,17 @@ fn assert_budget_refusal(reply: &Reply, retry_after: &str, what: &str) {
 /// are unaffected, and the refusals are reported as `auth_failure_budget`.
 #[tokio::test(start_paused = true)]
 async fn failure_budget_refuses_an_address_before_verifying() {
-    let reasons = Arc::new(Reasons::default());
-    let gw = Gateway::build(
-        JwtAuthLayer::builder()
-            .issuer(Issuer::new(ISSUER).audience(AUDIENCE).key(hs_key()))
-            .failure_budget(tower_gateway::auth::FailureBudget::new(
-                3,
-                Duration::from_secs(10),
-            ))
-            .observer(tower_gateway::observe::Observer::from_arc(reasons.clone())),
-    );
+    let builder = JwtAuthLayer::builder()
+        .issuer(Issuer::new(ISSUER).audience(AUDIENCE).key(hs_key()))
+        .failure_budget(tower_gateway::auth::FailureBudget::new(
+            3,
+            Duration::from_secs(10),
+        ));
+    #[cfg(feature = "metrics")]
+    let reasons = Reasons::default();
+    #[cfg(feature = "metrics")]
+    let builder = builder.metrics(tower_gateway::auth::AuthMetrics::new(&reasons.0));
+    let gw = Gateway::build(builder);
     let good = hs256(&valid());
     let forged = forged_hs256();
     let attacker = "192.0.2.66:40000";
@@ -1453,8 +1450,11 @@ async fn failure_budget_refuses_an_address_before_verifying() {
         "window over",
     )
     .await;
-    assert_eq!(reasons.count("auth_failure_budget"), 2);
-    assert_eq!(reasons.count("invalid_signature"), 3);
+    #[cfg(feature = "metrics")]
+    {
+        assert_eq!(reasons.count("auth_failure_budget"), 2);
+        assert_eq!(reasons.count("invalid_signature"), 3);
+    }
 }
 
 /// The budget is off unless configured.

@@ -1,4 +1,10 @@
-#![cfg(all(feature = "metrics", feature = "jwt", feature = "rbac"))]
+#![cfg(all(
+    feature = "metrics",
+    feature = "jwt",
+    feature = "rbac",
+    feature = "ratelimit",
+    feature = "proxy"
+))]
 //! The observability assets in `examples/observability/` against a real
 //! gateway: an in-process axum gateway (metrics, JWT auth, RBAC, a circuit
 //! breaker) driven over loopback HTTP, its exposition checked with
@@ -37,13 +43,17 @@ use jsonwebtoken::Algorithm;
 use serde_json::Value;
 use tower::ServiceBuilder;
 use tower_gateway::{
-    auth::{Issuer, JwtAuthLayer, JwtKey},
-    circuit::{CircuitBreakerLayer, CircuitConfig, Window},
+    auth::{AuthMetrics, Issuer, JwtAuthLayer, JwtKey},
+    circuit::{CircuitBreakerLayer, CircuitConfig, CircuitMetrics, Window},
+    discovery::DiscoveryMetrics,
     metrics::{
         GatewayMetrics, MetricsHandler, MetricsLayer, OPENMETRICS_CONTENT_TYPE,
         PROMETHEUS_TEXT_CONTENT_TYPE,
     },
-    rbac::{Policy, RbacLayer, Rule},
+    proxy::UpstreamMetrics,
+    ratelimit::{RateLimitMetrics, RateLimitOutcome},
+    rbac::{Policy, RbacLayer, RbacMetrics, Rule},
+    route::RouteTemplate,
 };
 
 /// Upper bound on one HTTP exchange with the gateway or Prometheus.
@@ -179,7 +189,7 @@ async fn start_gateway() -> Gateway {
                 .audience(support::AUDIENCE)
                 .key(JwtKey::hmac(support::HMAC_SECRET)),
         )
-        .observer(metrics.observer())
+        .metrics(AuthMetrics::new(&metrics))
         .build()
         .expect("auth layer");
     let policy = Policy::builder()
@@ -198,7 +208,7 @@ async fn start_gateway() -> Gateway {
         .rule(Rule::new("/flaky").authenticated().name("flaky"))
         .build()
         .expect("policy");
-    let rbac = RbacLayer::new(policy).observer(metrics.observer());
+    let rbac = RbacLayer::new(policy).metrics(RbacMetrics::new(&metrics));
     let breaker = CircuitBreakerLayer::new(
         "inventory",
         CircuitConfig::default()
@@ -208,7 +218,7 @@ async fn start_gateway() -> Gateway {
             // Long enough that it stays open for the whole test.
             .open_duration(Duration::from_secs(300), Duration::from_secs(300)),
     )
-    .observer(metrics.observer());
+    .metrics(CircuitMetrics::new(&metrics));
 
     let app = Router::new()
         .route("/orders", get(|| async { "[]" }))
@@ -375,26 +385,39 @@ async fn drive(gw: &Gateway) -> Sent {
             .or_default() += count;
     }
 
-    // No layer of the crate produces these events yet (rate limiting,
-    // service discovery and the upstream client are still to come, and the
-    // JWKS refresher only runs against a JWKS server), so they are fed
-    // through the same observer the layers use, so that every family the
+    // The layers these events come from are not in this gateway (rate
+    // limiting, service discovery and the upstream client), and the JWKS
+    // refresher only runs against a JWKS server, so they are recorded
+    // through the same handles those layers use, so that every family the
     // alerts and the dashboard query has samples.
-    let observer = gw.metrics.observer();
-    for outcome in ["allowed", "allowed", "limited", "backend_error", "fallback"] {
-        observer.ratelimit_decision("/orders", outcome);
+    let ratelimit = RateLimitMetrics::new(&gw.metrics);
+    let orders = RouteTemplate::new("/orders");
+    for outcome in [
+        RateLimitOutcome::Allowed,
+        RateLimitOutcome::Allowed,
+        RateLimitOutcome::Limited,
+        RateLimitOutcome::BackendError,
+        RateLimitOutcome::Fallback,
+    ] {
+        ratelimit.decision(Some(&orders), outcome);
     }
+    let discovery = DiscoveryMetrics::new(&gw.metrics);
+    let upstreams = UpstreamMetrics::new(&gw.metrics);
     for (service, endpoints, stale_ms, latency_ms) in [
         ("orders", 2, 1500, 12),
         ("payments", 1, 250, 40),
         ("inventory", 0, 90_000, 3),
     ] {
-        observer.endpoints(service, endpoints);
-        observer.discovery_staleness(service, Duration::from_millis(stale_ms));
-        observer.upstream_latency(service, Duration::from_millis(latency_ms));
+        let discovered = discovery.service(service);
+        discovered.endpoints(endpoints);
+        discovered.staleness(Duration::from_millis(stale_ms));
+        upstreams
+            .service(service)
+            .record(Duration::from_millis(latency_ms));
     }
-    observer.jwks_refreshed(support::ISSUER, true);
-    observer.jwks_refreshed(support::ISSUER, false);
+    let jwks = AuthMetrics::new(&gw.metrics).jwks(support::ISSUER);
+    jwks.refreshed(true);
+    jwks.refreshed(false);
     sent
 }
 

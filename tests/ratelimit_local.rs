@@ -4,13 +4,7 @@
 //! tiers, trusted proxies, readiness, and memory that bounds itself.
 #![cfg(feature = "ratelimit")]
 
-use std::{
-    collections::HashMap,
-    convert::Infallible,
-    sync::{Arc, Mutex},
-    task::Poll,
-    time::Duration,
-};
+use std::{convert::Infallible, task::Poll, time::Duration};
 
 use http::{HeaderName, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -18,7 +12,6 @@ use serde_json::json;
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_gateway::{
     identity::{Identity, RoleSource},
-    observe::{Observe, Observer},
     ratelimit::{
         ClientAddr, ClientIp, Consumer, Fixed, Header, KeyExtractor, Limit, LocalLimiter,
         MissingKey, QuotaHeaders, RateLimitLayer, Route, Window,
@@ -517,28 +510,28 @@ async fn ratelimit_long_subjects_get_distinct_buckets() {
     assert_eq!(send(&svc, anonymous).await.status(), StatusCode::OK);
 }
 
-#[derive(Default, Clone)]
-struct Events(Arc<Mutex<HashMap<(String, &'static str), u64>>>);
-
-impl Observe for Events {
-    fn ratelimit_decision(&self, route: &str, outcome: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap()
-            .entry((route.to_owned(), outcome))
-            .or_default() += 1;
-    }
+/// The value of the series `series` (name and labels, as exposed), 0 if
+/// it does not exist.
+#[cfg(feature = "metrics")]
+fn sample(metrics: &tower_gateway::metrics::GatewayMetrics, series: &str) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
 }
 
+#[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn ratelimit_decisions_are_reported_per_route() {
-    let events = Events::default();
+    use tower_gateway::{metrics::GatewayMetrics, ratelimit::RateLimitMetrics};
+
+    let metrics = GatewayMetrics::default();
     let svc = gateway(
         RateLimitLayer::builder()
             .key(Fixed("all"))
             .limit(Limit::new().per_minute(2))
-            .observer(Observer::new(events.clone()))
+            .metrics(RateLimitMetrics::new(&metrics))
             .build()
             .unwrap(),
     );
@@ -549,27 +542,41 @@ async fn ratelimit_decisions_are_reported_per_route() {
         send(&svc, req).await;
     }
     send(&svc, Request::new(String::new())).await;
-    let events = events.0.lock().unwrap();
-    assert_eq!(events[&("/orders/{id}".to_owned(), "allowed")], 2);
-    assert_eq!(events[&("/orders/{id}".to_owned(), "limited")], 1);
-    assert_eq!(events[&("unmatched".to_owned(), "limited")], 1);
+    let decisions = |route: &str, outcome: &str| {
+        sample(
+            &metrics,
+            &format!(r#"gateway_ratelimit_decisions_total{{route="{route}",outcome="{outcome}"}}"#),
+        )
+    };
+    assert_eq!(decisions("/orders/{id}", "allowed"), 2);
+    assert_eq!(decisions("/orders/{id}", "limited"), 1);
+    assert_eq!(decisions("unmatched", "limited"), 1);
+    assert_eq!(decisions("unmatched", "allowed"), 0);
 }
 
+#[cfg(feature = "metrics")]
 #[tokio::test(start_paused = true)]
 async fn ratelimit_requests_without_a_key_are_reported() {
-    let events = Events::default();
+    use tower_gateway::{metrics::GatewayMetrics, ratelimit::RateLimitMetrics};
+
+    let metrics = GatewayMetrics::default();
     let svc = gateway(
         RateLimitLayer::builder()
             .key(api_key())
             .limit(Limit::new().per_minute(2))
-            .observer(Observer::new(events.clone()))
+            .metrics(RateLimitMetrics::new(&metrics))
             .build()
             .unwrap(),
     );
     let response = send(&svc, Request::new(String::new())).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let events = events.0.lock().unwrap();
-    assert_eq!(events[&("unmatched".to_owned(), "missing_key")], 1);
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"gateway_ratelimit_decisions_total{route="unmatched",outcome="missing_key"}"#
+        ),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]

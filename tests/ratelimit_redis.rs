@@ -6,9 +6,7 @@
 mod support_redis;
 
 use std::{
-    collections::HashMap,
     convert::Infallible,
-    sync::{Arc, Mutex},
     task::Poll,
     time::{Duration, Instant},
 };
@@ -17,7 +15,6 @@ use http::{HeaderName, Request, Response, StatusCode, header};
 use support_redis::{RedisServer, redis_available};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_gateway::{
-    observe::{Observe, Observer},
     ratelimit::{
         FailurePolicy, Header, Limit, MissingKey, QuotaHeaders, RateLimitLayer, RedisBackend,
         RedisConfig, Window,
@@ -27,19 +24,26 @@ use tower_gateway::{
 
 type Res = Response<ResponseBody<String>>;
 
-/// Counts the layer's decisions by outcome.
+/// The layer's decisions by outcome, as its metrics count them.
+#[cfg(feature = "metrics")]
 #[derive(Default, Clone)]
-struct Outcomes(Arc<Mutex<HashMap<&'static str, u64>>>);
+struct Outcomes(tower_gateway::metrics::GatewayMetrics);
 
-impl Observe for Outcomes {
-    fn ratelimit_decision(&self, _route: &str, outcome: &'static str) {
-        *self.0.lock().unwrap().entry(outcome).or_default() += 1;
-    }
-}
-
+#[cfg(feature = "metrics")]
 impl Outcomes {
+    fn handle(&self) -> tower_gateway::ratelimit::RateLimitMetrics {
+        tower_gateway::ratelimit::RateLimitMetrics::new(&self.0)
+    }
+
+    /// The sum over every route.
     fn get(&self, outcome: &str) -> u64 {
-        self.0.lock().unwrap().get(outcome).copied().unwrap_or(0)
+        let label = format!(r#"outcome="{outcome}"}} "#);
+        self.0
+            .encode()
+            .lines()
+            .filter(|line| line.starts_with("gateway_ratelimit_decisions_total{"))
+            .filter_map(|line| line.split_once(&label)?.1.parse::<u64>().ok())
+            .sum()
     }
 }
 
@@ -227,6 +231,7 @@ async fn ratelimit_redis_gcra_burst_steady_rate_and_retry_after() {
 }
 
 /// Layers with each failure policy over one Redis, for the fault tests.
+#[cfg(feature = "metrics")]
 async fn fault_gateways(
     server: &RedisServer,
     outcomes: &Outcomes,
@@ -249,7 +254,7 @@ async fn fault_gateways(
             .scope(format!("{policy:?}"))
             .redis(backend(server, config()).await)
             .on_backend_error(policy)
-            .observer(Observer::new(outcomes.clone()))
+            .metrics(outcomes.handle())
             .build()
             .unwrap();
         out.push((policy, gateway(layer)));
@@ -257,6 +262,7 @@ async fn fault_gateways(
     out
 }
 
+#[cfg(feature = "metrics")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ratelimit_redis_killed_each_policy_then_restarted() {
     if !redis_available() {

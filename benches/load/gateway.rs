@@ -31,13 +31,12 @@ use http::{Request, Response};
 use tokio::net::TcpListener;
 use tower::{BoxError, Service, ServiceBuilder};
 use tower_gateway::{
-    auth::{FailureBudget, Issuer, JwtAuthLayer, JwtKey},
+    auth::{AuthMetrics, FailureBudget, Issuer, JwtAuthLayer, JwtKey},
     discovery::{Endpoint, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsLayer},
-    observe::Observer,
-    proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream},
-    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer},
-    rbac::{Policy, RbacLayer, Rule},
+    proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream, UpstreamMetrics},
+    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer, RateLimitMetrics},
+    rbac::{Policy, RbacLayer, RbacMetrics, Rule},
 };
 
 /// The HS256 secret, issuer and audience the tokens are minted with.
@@ -107,10 +106,9 @@ async fn run(
         upstream.port(),
     )]);
     let metrics = GatewayMetrics::default();
-    let observer = metrics.observer();
     let mut upstream = Upstream::new("upstream", discovery.watch());
     if !mode.starts_with("proxy") {
-        upstream = upstream.observer(observer.clone());
+        upstream = upstream.metrics(UpstreamMetrics::new(&metrics));
     }
     let table = RouteTable::builder()
         .route(Route::prefix("/"), upstream.build()?)
@@ -148,14 +146,14 @@ async fn run(
             .failure_budget(
                 FailureBudget::new(30, Duration::from_secs(60)).tarpit(Duration::from_secs(1)),
             )
-            .observer(observer.clone())
+            .metrics(AuthMetrics::new(&metrics))
             .build()?;
         let policy = Policy::builder()
             .rule(Rule::new("/").any_of(["user"]))
             .deny_unmatched(true)
             .build()?;
-        let rbac = RbacLayer::new(policy).observer(observer.clone());
-        let limits = limits(redis.as_deref(), observer).await?;
+        let rbac = RbacLayer::new(policy).metrics(RbacMetrics::new(&metrics));
+        let limits = limits(redis.as_deref(), RateLimitMetrics::new(&metrics)).await?;
         let svc = ServiceBuilder::new()
             .layer(RouteLayer::new(&table))
             .layer(MetricsLayer::new(&metrics))
@@ -168,11 +166,14 @@ async fn run(
 }
 
 /// Per consumer, at a rate no benchmark reaches.
-async fn limits(redis: Option<&str>, observer: Observer) -> Result<RateLimitLayer, BoxError> {
+async fn limits(
+    redis: Option<&str>,
+    metrics: RateLimitMetrics,
+) -> Result<RateLimitLayer, BoxError> {
     let builder = RateLimitLayer::builder()
         .key(Consumer::subject().or(ClientIp::peer()))
         .limit(Limit::new().per_second(1_000_000).per_hour(1_000_000_000))
-        .observer(observer);
+        .metrics(metrics);
     #[cfg(feature = "redis")]
     if let Some(url) = redis {
         use tower_gateway::ratelimit::{FailurePolicy, RedisBackend, RedisConfig};

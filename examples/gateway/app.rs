@@ -14,14 +14,19 @@ use axum::{Router, http::Method, routing::get};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower::ServiceBuilder;
 use tower_gateway::{
-    auth::{FailureBudget, Issuer, JwtAuthLayer},
+    auth::{AuthMetrics, FailureBudget, Issuer, JwtAuthLayer},
     circuit::CircuitConfig,
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
     path::NormalizePathLayer,
-    proxy::{Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream},
-    ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer},
-    rbac::{Policy, RbacLayer, RoleHierarchy},
+    proxy::{
+        Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream,
+        UpstreamMetrics,
+    },
+    ratelimit::{
+        ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer, RateLimitMetrics,
+    },
+    rbac::{Policy, RbacLayer, RbacMetrics, RoleHierarchy},
     server::{self, Limits, ShutdownReport},
     tls::{self, MtlsClientConfig},
 };
@@ -200,7 +205,8 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     tokio::spawn(auth_server::serve(auth_listener, issuer.clone()));
 
     let metrics = GatewayMetrics::default();
-    let observer = metrics.observer();
+    let upstream_metrics = UpstreamMetrics::new(&metrics);
+    let ratelimit_metrics = RateLimitMetrics::new(&metrics);
     // HTTP/1.1 to the services: every request in flight has a connection
     // of its own, so a client that stalls its upload or never reads its
     // download holds that one connection, never a stream slot or the
@@ -232,7 +238,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .request_timeout(Duration::from_secs(10))
         .retries(RetryConfig::default())
         .circuit(CircuitConfig::default(), 0.5)
-        .observer(observer.clone())
+        .metrics(upstream_metrics.clone())
         .build()?;
         let methods = match kind {
             Kind::Orders | Kind::Payments => [Method::GET, Method::POST],
@@ -258,7 +264,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         // values are stripped first, so they cannot be forged.
         .forward_subject(http::HeaderName::from_static("x-user-id"))
         .forward_roles(http::HeaderName::from_static("x-user-roles"))
-        .observer(observer.clone());
+        .metrics(AuthMetrics::new(&metrics));
     if config.auth_failures_per_minute > 0 {
         // Well above what a NAT full of clients with stale tokens produces,
         // far below what signature-forging needs.
@@ -275,7 +281,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     }
     let rbac = RbacLayer::new(gateway_policy()?)
         .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]))
-        .observer(observer.clone());
+        .metrics(RbacMetrics::new(&metrics));
     #[allow(unused_mut)]
     let mut limits = RateLimitLayer::builder()
         .key(Consumer::subject().or(ClientIp::peer()))
@@ -290,7 +296,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
                 .per_second(config.per_second.saturating_mul(10))
                 .per_hour(config.per_hour.saturating_mul(10)),
         )
-        .observer(observer.clone());
+        .metrics(ratelimit_metrics.clone());
     #[cfg(feature = "redis")]
     if let Some(url) = &config.redis_url {
         use tower_gateway::ratelimit::{FailurePolicy, RedisBackend, RedisConfig};
@@ -309,7 +315,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
             n => n,
         }))
         .headers(QuotaHeaders::default().hidden(config.per_ip_second == 0))
-        .observer(observer.clone())
+        .metrics(ratelimit_metrics)
         .build()?;
 
     let gateway = ServiceBuilder::new()

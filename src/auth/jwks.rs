@@ -206,7 +206,7 @@ pub(crate) fn spawn(
     fetcher: HttpFetcher,
     options: JwksOptions,
     runtime: &tokio::runtime::Handle,
-    observer: crate::observe::Observer,
+    metrics: Option<&super::metrics::AuthMetrics>,
 ) -> Arc<Refresher> {
     let (updated, _) = watch::channel(None);
     let refresher = Arc::new(Refresher {
@@ -223,13 +223,13 @@ pub(crate) fn spawn(
         counters: JwksCounters::default(),
     });
     let task = Task {
+        metrics: metrics.map(|m| m.jwks(&issuer)),
         issuer,
         location,
         jwks_url: None,
         store: Arc::downgrade(store),
         fetcher,
         refresher: refresher.clone(),
-        observer,
     };
     runtime.spawn(task.run());
     refresher
@@ -242,7 +242,7 @@ struct Task {
     store: Weak<KeyStore>,
     fetcher: HttpFetcher,
     refresher: Arc<Refresher>,
-    observer: crate::observe::Observer,
+    metrics: Option<super::metrics::JwksMetrics>,
 }
 
 impl Task {
@@ -262,7 +262,9 @@ impl Task {
             let delay = match outcome {
                 Ok(count) => {
                     failures = 0;
-                    self.observer.jwks_refreshed(&self.issuer, true);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.refreshed(true);
+                    }
                     tracing::debug!(target: "tower_gateway::jwks", issuer = %self.issuer, keys = count, "JWKS refreshed");
                     options.refresh_interval
                 }
@@ -273,7 +275,9 @@ impl Task {
                         .counters
                         .failures
                         .fetch_add(1, Ordering::Relaxed);
-                    self.observer.jwks_refreshed(&self.issuer, false);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.refreshed(false);
+                    }
                     tracing::warn!(target: "tower_gateway::jwks", issuer = %self.issuer, error = %reason, "JWKS refresh failed; keeping the last good keys");
                     let backoff = options
                         .min_refetch_interval

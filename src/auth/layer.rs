@@ -6,13 +6,11 @@ use tower_layer::Layer;
 use super::{
     AuthError, FailureBudget, Issuer, JwtAuth,
     budget::FailureLedger,
+    metrics::AuthMetrics,
     token::TokenSources,
     verifier::{Settings, Verifier},
 };
-use crate::{
-    identity::{ClaimPath, Identity, RoleSource},
-    observe::Observer,
-};
+use crate::identity::{ClaimPath, Identity, RoleSource};
 
 /// Validates bearer JWTs and puts the verified [`Identity`] into the request
 /// extensions (see the [module documentation](super)).
@@ -35,7 +33,7 @@ pub(crate) struct Shared {
     pub(crate) stripped: Vec<HeaderName>,
     pub(crate) claims_inserter: Option<ClaimsInserter>,
     pub(crate) realm: Option<String>,
-    pub(crate) observer: Observer,
+    pub(crate) metrics: Option<AuthMetrics>,
     pub(crate) budget: Option<FailureLedger>,
 }
 
@@ -90,7 +88,7 @@ pub struct JwtAuthBuilder {
     stripped: Vec<HeaderName>,
     claims_inserter: Option<ClaimsInserter>,
     realm: Option<String>,
-    observer: Observer,
+    metrics: Option<AuthMetrics>,
     budget: Option<FailureBudget>,
     #[cfg(feature = "jwks")]
     jwks_options: super::JwksOptions,
@@ -132,7 +130,7 @@ impl JwtAuthLayer {
             stripped: Vec::new(),
             claims_inserter: None,
             realm: None,
-            observer: Observer::default(),
+            metrics: None,
             budget: None,
             #[cfg(feature = "jwks")]
             jwks_options: super::JwksOptions::default(),
@@ -275,8 +273,8 @@ impl JwtAuthBuilder {
     /// has caused `budget` failed verifications (off by default; see
     /// [`FailureBudget`]). The address is the request's
     /// [`ResolvedClient`](crate::client_addr::ResolvedClient); requests
-    /// without a client address have no budget. Refusals are reported to the observer with the
-    /// reason `auth_failure_budget`.
+    /// without a client address have no budget. Refusals are counted in the
+    /// [metrics](Self::metrics) with the reason `auth_failure_budget`.
     pub fn failure_budget(mut self, budget: FailureBudget) -> Self {
         self.budget = Some(budget);
         self
@@ -355,10 +353,11 @@ impl JwtAuthBuilder {
         self
     }
 
-    /// Reports refusals (by reason) and JWKS refreshes to `observer`, for
-    /// example [`GatewayMetrics::observer`](crate::metrics::GatewayMetrics::observer).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    /// Counts refusals (by reason) and JWKS refreshes in `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: AuthMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -412,7 +411,7 @@ impl JwtAuthBuilder {
                 self.http.build()?,
                 self.jwks_options,
                 runtime,
-                self.observer.clone(),
+                self.metrics.clone(),
             ))
         } else {
             None
@@ -439,7 +438,7 @@ impl JwtAuthBuilder {
                 stripped,
                 claims_inserter: self.claims_inserter,
                 realm: self.realm,
-                observer: self.observer,
+                metrics: self.metrics,
                 budget: self.budget.map(FailureLedger::new),
             }),
         })

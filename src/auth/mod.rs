@@ -83,6 +83,7 @@ mod issuer;
 mod jwks;
 mod keys;
 mod layer;
+mod metrics;
 mod service;
 mod store;
 mod token;
@@ -102,4 +103,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::JwksOptions;
 pub use keys::{JwtKey, KeyError};
 pub use layer::{JwtAuthBuilder, JwtAuthLayer, JwtConfigError};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::{AuthMetrics, JwksMetrics};
 pub use service::JwtAuth;

@@ -254,7 +254,9 @@ where
         ledger.record_failure(ip);
     }
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), client = ?client, "token refused");
-    shared.observer.auth_rejected(error.reason());
+    if let Some(metrics) = &shared.metrics {
+        metrics.rejected(error.reason());
+    }
     error
         .rejection(shared.realm.as_deref())
         .into_response(&RequestHead::of(request))

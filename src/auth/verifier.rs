@@ -131,7 +131,7 @@ impl Verifier {
             crate::client::HttpFetcher,
             super::jwks::JwksOptions,
             tokio::runtime::Handle,
-            crate::observe::Observer,
+            Option<super::metrics::AuthMetrics>,
         )>,
     ) -> Self {
         super::install_crypto_backend();
@@ -144,7 +144,7 @@ impl Verifier {
                 ));
                 #[cfg(feature = "jwks")]
                 let refresher = match (&issuer.jwks, &jwks) {
-                    (Some(location), Some((fetcher, options, runtime, observer))) => {
+                    (Some(location), Some((fetcher, options, runtime, metrics))) => {
                         Some(super::jwks::spawn(
                             issuer.iss.clone().unwrap_or_default(),
                             location.clone(),
@@ -152,7 +152,7 @@ impl Verifier {
                             fetcher.clone(),
                             *options,
                             runtime,
-                            observer.clone(),
+                            metrics.as_ref(),
                         ))
                     }
                     _ => None,

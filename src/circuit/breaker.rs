@@ -191,14 +191,12 @@ impl CircuitBreaker {
         }
     }
 
-    /// Reports this breaker's state and every change to `observer`
-    /// (metrics: `circuit_state`, `circuit_transitions_total`).
-    pub fn observe(&self, observer: crate::observe::Observer) {
-        observer.circuit_state(self.name(), self.state().as_str());
-        self.on_transition(move |name, t| {
-            observer.circuit_state(name, t.to.as_str());
-            observer.circuit_transition(name, t.from.as_str(), t.to.as_str());
-        });
+    /// Reports this breaker's state and every change to `metrics`
+    /// (`circuit_state`, `circuit_transitions_total`).
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(&self, metrics: &super::CircuitMetrics) {
+        metrics.attach(self);
     }
 
     /// Asks to make a call. The returned permit records the outcome; a

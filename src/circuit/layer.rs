@@ -12,11 +12,11 @@ use tokio::{sync::futures::OwnedNotified, time::Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Permit, ServerErrors};
-use crate::{
-    observe::Observer,
-    reject::{Rejection, RequestHead},
+use super::{
+    CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Permit, ServerErrors,
+    metrics::CircuitMetrics,
 };
+use crate::reject::{Rejection, RequestHead};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Wraps services in a [`CircuitBreaker`].
@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// ```
 pub struct CircuitBreakerLayer<C = ServerErrors> {
     mode: Mode,
-    observer: Option<Observer>,
+    metrics: Option<CircuitMetrics>,
     config: CircuitConfig,
     classifier: Arc<C>,
 }
@@ -65,7 +65,7 @@ impl<C> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         Self {
             mode: self.mode.clone(),
-            observer: self.observer.clone(),
+            metrics: self.metrics.clone(),
             config: self.config,
             classifier: self.classifier.clone(),
         }
@@ -85,7 +85,7 @@ impl CircuitBreakerLayer {
     pub fn new(name: impl Into<Arc<str>>, config: CircuitConfig) -> Self {
         Self {
             mode: Mode::Shared(CircuitBreaker::new(name, config)),
-            observer: None,
+            metrics: None,
             config,
             classifier: Arc::new(ServerErrors),
         }
@@ -104,7 +104,7 @@ impl CircuitBreakerLayer {
                 group,
                 next: Arc::new(AtomicU64::new(0)),
             },
-            observer: None,
+            metrics: None,
             config,
             classifier: Arc::new(ServerErrors),
         }
@@ -116,18 +116,20 @@ impl<C> CircuitBreakerLayer<C> {
     pub fn classifier<C2>(self, classifier: C2) -> CircuitBreakerLayer<C2> {
         CircuitBreakerLayer {
             mode: self.mode,
-            observer: self.observer,
+            metrics: self.metrics,
             config: self.config,
             classifier: Arc::new(classifier),
         }
     }
 
-    /// Reports circuit states and transitions to `observer`.
-    pub fn observer(mut self, observer: Observer) -> Self {
+    /// Reports circuit states and transitions to `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: CircuitMetrics) -> Self {
         if let Mode::Shared(breaker) = &self.mode {
-            breaker.observe(observer.clone());
+            metrics.attach(breaker);
         }
-        self.observer = Some(observer);
+        self.metrics = Some(metrics);
         self
     }
 
@@ -151,8 +153,8 @@ impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
                 // states do not overwrite each other in metrics.
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 let breaker = CircuitBreaker::in_group(format!("{name}/{n}"), self.config, group);
-                if let Some(observer) = &self.observer {
-                    breaker.observe(observer.clone());
+                if let Some(metrics) = &self.metrics {
+                    metrics.attach(&breaker);
                 }
                 (breaker, true)
             }

@@ -43,8 +43,15 @@ mod breaker;
 mod classify;
 mod config;
 mod layer;
+mod metrics;
 
 pub use breaker::{CircuitBreaker, CircuitState, EjectionGroup, Permit, Refused, Transition};
 pub use classify::{Classify, Outcome, ServerErrors};
 pub use config::{CircuitConfig, Window};
 pub use layer::{CircuitBreakerLayer, CircuitBreakerService, ResponseFuture};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::CircuitMetrics;
+#[cfg(not(feature = "metrics"))]
+#[allow(unused_imports)] // Only the proxy uses it.
+pub(crate) use metrics::CircuitMetrics;

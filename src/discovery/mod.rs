@@ -28,9 +28,16 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "consul")))]
 pub mod consul;
 mod endpoint;
+mod metrics;
 mod watch;
 
 #[cfg(feature = "consul")]
 pub use consul::{ConsulClient, ConsulDiscoveryService, ConsulRegistration};
 pub use endpoint::Endpoint;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::{DiscoveryMetrics, ServiceMetrics};
+#[cfg(not(feature = "metrics"))]
+#[allow(unused_imports)] // Only the Consul watcher and the proxy use it.
+pub(crate) use metrics::{DiscoveryMetrics, ServiceMetrics};
 pub use watch::{Changes, EndpointWatch, Snapshot, StaticDiscovery};

@@ -1,16 +1,22 @@
 use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
+    any::{Any, TypeId},
+    collections::HashMap,
+    hash::Hash,
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::{Registry, Unit},
 };
 
 use super::cap::LabelCap;
-use crate::observe::Observe;
 
 /// Histogram buckets, shared by every series of a family.
 #[derive(Clone, Debug)]
@@ -144,49 +150,7 @@ pub(crate) struct ConsumerLabels {
     pub(crate) status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RuleLabels {
-    rule: String,
-    mode: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteOutcome {
-    route: String,
-    outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamState {
-    upstream: String,
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamTransition {
-    upstream: String,
-    from: &'static str,
-    to: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ServiceLabels {
-    service: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct IssuerResult {
-    issuer: String,
-    result: &'static str,
-}
-
-/// Every metric family of the gateway, in one prometheus-client
-/// [`Registry`].
+/// The request families of [`MetricsLayer`](super::MetricsLayer).
 pub(crate) struct Families {
     pub(crate) requests: Family<RouteMethodStatus, Counter>,
     pub(crate) request_errors: Family<RouteMethod, Counter>,
@@ -197,46 +161,45 @@ pub(crate) struct Families {
     pub(crate) grpc_requests: Family<GrpcLabels, Counter>,
     pub(crate) grpc_duration: Family<GrpcMethodLabels, Histogram, Buckets>,
     pub(crate) consumer_requests: Family<ConsumerLabels, Counter>,
-    auth_failures: Family<ReasonLabels, Counter>,
-    rbac_denials: Family<RuleLabels, Counter>,
-    ratelimit: Family<RouteOutcome, Counter>,
-    circuit_state: Family<UpstreamState, Gauge>,
-    circuit_transitions: Family<UpstreamTransition, Counter>,
-    endpoints: Family<ServiceLabels, Gauge>,
-    staleness: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    upstream_duration: Family<ServiceLabels, Histogram, Buckets>,
-    jwks_refreshes: Family<IssuerResult, Counter>,
 }
 
-/// The gateway's metrics: a prometheus-client registry holding every family
-/// the layers report to.
+/// The gateway's metrics: one prometheus-client [`Registry`], its name
+/// prefix and its histogram buckets.
 ///
-/// Cheap to clone. Pass it to [`MetricsLayer`](super::MetricsLayer), and as
-/// an [`Observer`](crate::observe::Observer) (`.observer()`) to the other
-/// layers; serve it with [`MetricsHandler`](super::MetricsHandler).
+/// Cheap to clone. Pass it to [`MetricsLayer`](super::MetricsLayer) for the
+/// request metrics, create the other layers' handles from it (see the
+/// [module documentation](super)), and serve it with
+/// [`MetricsHandler`](super::MetricsHandler).
 ///
-/// Names (with the default prefix): `gateway_requests_total`,
+/// Request families (with the default prefix): `gateway_requests_total`,
 /// `gateway_request_errors_total`, `gateway_request_duration_seconds`,
 /// `gateway_requests_in_flight`, `gateway_request_size_bytes`,
 /// `gateway_response_size_bytes`, `gateway_grpc_requests_total`,
 /// `gateway_grpc_request_duration_seconds`,
-/// `gateway_consumer_requests_total`, `gateway_auth_failures_total`,
-/// `gateway_rbac_denials_total`, `gateway_ratelimit_decisions_total`,
-/// `gateway_circuit_state`, `gateway_circuit_transitions_total`,
-/// `gateway_discovered_endpoints`, `gateway_discovery_staleness_seconds`,
-/// `gateway_upstream_request_duration_seconds`,
-/// `gateway_jwks_refreshes_total`.
+/// `gateway_consumer_requests_total`. Each layer handle registers its own
+/// families the first time one of its kind is created.
 #[derive(Clone)]
 pub struct GatewayMetrics {
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    pub(crate) registry: Mutex<Registry>,
+    state: Mutex<State>,
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    latency: Buckets,
     pub(crate) families: Families,
     pub(crate) routes: LabelCap,
     pub(crate) grpc_methods: LabelCap,
     pub(crate) consumers: Option<LabelCap>,
+}
+
+/// The registry and the families the layers registered in it, under one
+/// lock so that a layer's families are registered exactly once.
+struct State {
+    registry: Registry,
+    /// One value per handle type (`RbacMetrics`, `UpstreamMetrics`, ...):
+    /// the families it registered.
+    layers: HashMap<TypeId, Box<dyn Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for GatewayMetrics {
@@ -252,7 +215,7 @@ impl Default for GatewayMetrics {
 }
 
 impl GatewayMetrics {
-    /// Creates and registers every family.
+    /// Creates the registry and registers the request families.
     pub fn new(config: MetricsConfig) -> Self {
         let mut registry = Registry::with_prefix(config.prefix.clone());
         let latency = Buckets(config.latency_buckets.clone().into());
@@ -267,15 +230,6 @@ impl GatewayMetrics {
             grpc_requests: Family::default(),
             grpc_duration: Family::new_with_constructor(latency.clone()),
             consumer_requests: Family::default(),
-            auth_failures: Family::default(),
-            rbac_denials: Family::default(),
-            ratelimit: Family::default(),
-            circuit_state: Family::default(),
-            circuit_transitions: Family::default(),
-            endpoints: Family::default(),
-            staleness: Family::default(),
-            upstream_duration: Family::new_with_constructor(latency),
-            jwks_refreshes: Family::default(),
         };
         let f = &families;
         registry.register(
@@ -327,56 +281,13 @@ impl GatewayMetrics {
             "Requests per authenticated consumer (capped)",
             f.consumer_requests.clone(),
         );
-        registry.register(
-            "auth_failures",
-            "Requests refused by authentication, by reason",
-            f.auth_failures.clone(),
-        );
-        registry.register(
-            "rbac_denials",
-            "Requests denied by RBAC (mode=shadow: would have been)",
-            f.rbac_denials.clone(),
-        );
-        registry.register(
-            "ratelimit_decisions",
-            "Rate-limit decisions by route and outcome",
-            f.ratelimit.clone(),
-        );
-        registry.register(
-            "circuit_state",
-            "1 for the current state of each circuit",
-            f.circuit_state.clone(),
-        );
-        registry.register(
-            "circuit_transitions",
-            "Circuit state changes",
-            f.circuit_transitions.clone(),
-        );
-        registry.register(
-            "discovered_endpoints",
-            "Healthy endpoints known per service",
-            f.endpoints.clone(),
-        );
-        registry.register_with_unit(
-            "discovery_staleness",
-            "Age of the discovery data per service",
-            Unit::Seconds,
-            f.staleness.clone(),
-        );
-        registry.register_with_unit(
-            "upstream_request_duration",
-            "Upstream call duration per service",
-            Unit::Seconds,
-            f.upstream_duration.clone(),
-        );
-        registry.register(
-            "jwks_refreshes",
-            "JWKS fetches by issuer and result",
-            f.jwks_refreshes.clone(),
-        );
         Self {
             inner: Arc::new(Inner {
-                registry: Mutex::new(registry),
+                state: Mutex::new(State {
+                    registry,
+                    layers: HashMap::new(),
+                }),
+                latency,
                 families,
                 routes: LabelCap::new(config.max_routes),
                 grpc_methods: LabelCap::new(config.max_grpc_methods),
@@ -385,26 +296,51 @@ impl GatewayMetrics {
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `f` on the registry, to register metrics of your own.
     pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        let mut registry = self
-            .inner
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        f(&mut registry)
+        f(&mut self.state().registry)
+    }
+
+    /// The families of the layer handle `F`, registered by `register` the
+    /// first time and shared by every later call, so that two handles of one
+    /// kind (two upstreams, two rate-limit layers) never register a family
+    /// twice. `register` must not call back into this registry.
+    pub(crate) fn layer_families<F>(&self, register: impl FnOnce(&mut Registry) -> F) -> F
+    where
+        F: Clone + Send + Sync + 'static,
+    {
+        let mut state = self.state();
+        if let Some(families) = state
+            .layers
+            .get(&TypeId::of::<F>())
+            .and_then(|f| f.downcast_ref::<F>())
+        {
+            return families.clone();
+        }
+        let families = register(&mut state.registry);
+        state
+            .layers
+            .insert(TypeId::of::<F>(), Box::new(families.clone()));
+        families
+    }
+
+    /// The latency histogram buckets of the configuration, for layers'
+    /// duration histograms.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
+    pub(crate) fn latency_buckets(&self) -> Buckets {
+        self.inner.latency.clone()
     }
 
     /// The registry in OpenMetrics text format.
     pub fn encode(&self) -> String {
-        let registry = self
-            .inner
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let state = self.state();
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &registry);
+        let _ = encode(&mut out, &state.registry);
         out
     }
 
@@ -414,12 +350,6 @@ impl GatewayMetrics {
     /// `# UNIT` and `# EOF` lines are left out; samples are identical.
     pub fn encode_prometheus_text(&self) -> String {
         openmetrics_to_text(&self.encode())
-    }
-
-    /// This registry as an [`Observer`](crate::observe::Observer) for the
-    /// other layers.
-    pub fn observer(&self) -> crate::observe::Observer {
-        crate::observe::Observer::new(self.clone())
     }
 }
 
@@ -458,104 +388,59 @@ pub(crate) fn openmetrics_to_text(openmetrics: &str) -> String {
     out
 }
 
-impl Observe for GatewayMetrics {
-    fn auth_rejected(&self, reason: &'static str) {
-        self.inner
-            .families
-            .auth_failures
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
-    }
+/// One series of a family, looked up on its first event and held from then
+/// on: later events are one atomic operation, with no label hashing or
+/// lock. Created empty, so that no series appears before its first event.
+#[cfg_attr(
+    not(any(feature = "jwks", feature = "rbac", feature = "discovery")),
+    allow(dead_code)
+)]
+pub(crate) struct Series<L, M, C = fn() -> M> {
+    family: Family<L, M, C>,
+    labels: L,
+    series: OnceLock<M>,
+}
 
-    fn jwks_refreshed(&self, issuer: &str, ok: bool) {
-        let labels = IssuerResult {
-            issuer: issuer.to_owned(),
-            result: if ok { "success" } else { "failure" },
-        };
-        self.inner
-            .families
-            .jwks_refreshes
-            .get_or_create(&labels)
-            .inc();
-    }
-
-    fn rbac_denied(&self, rule: &str, shadow: bool) {
-        let labels = RuleLabels {
-            rule: rule.to_owned(),
-            mode: if shadow { "shadow" } else { "enforce" },
-        };
-        self.inner
-            .families
-            .rbac_denials
-            .get_or_create(&labels)
-            .inc();
-    }
-
-    fn circuit_state(&self, name: &str, current: &'static str) {
-        for state in ["closed", "open", "half_open"] {
-            let labels = UpstreamState {
-                upstream: name.to_owned(),
-                state,
-            };
-            self.inner
-                .families
-                .circuit_state
-                .get_or_create(&labels)
-                .set(i64::from(state == current));
+#[cfg_attr(
+    not(any(feature = "jwks", feature = "rbac", feature = "discovery")),
+    allow(dead_code)
+)]
+impl<L, M, C> Series<L, M, C>
+where
+    L: Clone + Hash + Eq,
+    M: Clone,
+    C: MetricConstructor<M> + Clone,
+{
+    /// The series of `family` labelled `labels`.
+    pub(crate) fn new(family: &Family<L, M, C>, labels: L) -> Self {
+        Self {
+            family: family.clone(),
+            labels,
+            series: OnceLock::new(),
         }
     }
 
-    fn circuit_transition(&self, name: &str, from: &'static str, to: &'static str) {
-        let labels = UpstreamTransition {
-            upstream: name.to_owned(),
-            from,
-            to,
-        };
-        self.inner
-            .families
-            .circuit_transitions
-            .get_or_create(&labels)
-            .inc();
+    /// The series, created on first use.
+    pub(crate) fn get(&self) -> &M {
+        self.series
+            .get_or_init(|| self.family.get_or_create_owned(&self.labels))
     }
+}
 
-    fn ratelimit_decision(&self, route: &str, outcome: &'static str) {
-        let labels = RouteOutcome {
-            route: route.to_owned(),
-            outcome,
-        };
-        self.inner.families.ratelimit.get_or_create(&labels).inc();
+impl<L: Clone, M: Clone, C: Clone> Clone for Series<L, M, C> {
+    fn clone(&self) -> Self {
+        Self {
+            family: self.family.clone(),
+            labels: self.labels.clone(),
+            series: self.series.clone(),
+        }
     }
+}
 
-    fn endpoints(&self, service: &str, count: usize) {
-        let labels = ServiceLabels {
-            service: service.to_owned(),
-        };
-        self.inner
-            .families
-            .endpoints
-            .get_or_create(&labels)
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
-    }
-
-    fn discovery_staleness(&self, service: &str, age: Duration) {
-        let labels = ServiceLabels {
-            service: service.to_owned(),
-        };
-        self.inner
-            .families
-            .staleness
-            .get_or_create(&labels)
-            .set(age.as_secs_f64());
-    }
-
-    fn upstream_latency(&self, service: &str, elapsed: Duration) {
-        let labels = ServiceLabels {
-            service: service.to_owned(),
-        };
-        self.inner
-            .families
-            .upstream_duration
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+impl<L: std::fmt::Debug, M, C> std::fmt::Debug for Series<L, M, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Series")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
     }
 }

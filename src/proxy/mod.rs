@@ -74,6 +74,7 @@ mod balance;
 mod dispatch;
 mod forward;
 mod headers;
+mod metrics;
 mod retry;
 mod route;
 mod upstream;
@@ -82,6 +83,9 @@ pub use balance::{Balancer, PeakEwma};
 pub use dispatch::{DEFAULT_MAX_REQUEST_HEADER_BYTES, Proxy, ProxyFuture};
 pub use forward::{BodyIdleTimeout, Connector, ProxyBody, UpstreamBody, UpstreamProtocol};
 pub use headers::ForwardedHeaders;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::{UpstreamLatency, UpstreamMetrics};
 pub use retry::RetryConfig;
 pub use route::{
     RequireRoute, RequireRouteLayer, Route, RouteLayer, RouteMatch, RouteMatcher, RouteTable,

@@ -20,11 +20,11 @@ use super::{
     Balancer, Connector, ProxyBody, RetryConfig, UpstreamBody, UpstreamProtocol,
     balance::{EndpointList, EndpointState},
     forward::{self, BodyHandle, Failure, SendBody},
+    metrics::{Resolved, UpstreamMetrics},
 };
 use crate::{
     circuit::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Outcome, ServerErrors},
     discovery::{EndpointWatch, Snapshot},
-    observe::Observer,
     reject::{Rejection, RejectionKind, RequestHead},
 };
 
@@ -73,7 +73,7 @@ pub struct Upstream {
     max_ejected_fraction: f64,
     balancer: Balancer,
     body_idle_timeout: Duration,
-    observer: Observer,
+    metrics: Option<UpstreamMetrics>,
 }
 
 impl fmt::Debug for Upstream {
@@ -102,7 +102,7 @@ impl Upstream {
             max_ejected_fraction: 0.5,
             balancer: Balancer::default(),
             body_idle_timeout: Duration::from_secs(60),
-            observer: Observer::default(),
+            metrics: None,
         }
     }
 
@@ -175,9 +175,11 @@ impl Upstream {
         self
     }
 
-    /// Reports endpoints, circuit states and upstream latency to `observer`.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    /// Reports endpoints, circuit states and upstream latency to `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: UpstreamMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -194,27 +196,26 @@ impl Upstream {
         };
         let endpoints = Arc::new(EndpointList::new(self.balancer));
         let clients = forward::clients(connector, self.protocol);
+        let metrics = self.metrics.map(|m| m.resolve(&self.name));
         let membership = Membership {
             name: self.name.clone(),
             lanes: clients.len(),
             circuit: self.circuit,
             group: EjectionGroup::new(self.max_ejected_fraction),
-            observer: self.observer.clone(),
+            metrics: metrics.clone(),
         };
         // The first set is in place before the first request; later ones
         // are applied by the task as discovery publishes them, requests or
         // not, and counted for metrics.
         let mut updates = self.watch.subscribe();
         membership.apply(&endpoints, &updates.borrow_and_update());
-        self.observer.endpoints(&self.name, endpoints.len());
+        membership.count(endpoints.len());
         let follow = endpoints.clone();
         runtime.spawn(async move {
             while updates.changed().await.is_ok() {
                 let snapshot = updates.borrow_and_update().clone();
                 membership.apply(&follow, &snapshot);
-                membership
-                    .observer
-                    .endpoints(&membership.name, follow.len());
+                membership.count(follow.len());
             }
         });
         Ok(UpstreamService {
@@ -229,7 +230,7 @@ impl Upstream {
                 budget: TpsBudget::new(self.retry.ttl, self.retry.min_per_sec, self.retry.ratio),
                 watch: self.watch,
                 name: self.name,
-                observer: self.observer,
+                metrics,
             }),
         })
     }
@@ -241,10 +242,17 @@ struct Membership {
     lanes: usize,
     circuit: CircuitConfig,
     group: EjectionGroup,
-    observer: Observer,
+    metrics: Option<Resolved>,
 }
 
 impl Membership {
+    /// Reports the number of endpoints in use.
+    fn count(&self, endpoints: usize) {
+        if let Some(metrics) = &self.metrics {
+            metrics.endpoints.endpoints(endpoints);
+        }
+    }
+
     /// Publishes the endpoints of `snapshot`, keeping the state (breaker,
     /// load, latency) of those that did not change.
     fn apply(&self, list: &EndpointList, snapshot: &Snapshot) {
@@ -269,7 +277,9 @@ impl Membership {
         for (id, endpoint, authority) in fresh {
             let breaker =
                 CircuitBreaker::in_group(format!("{}/{id}", self.name), self.circuit, &self.group);
-            breaker.observe(self.observer.clone());
+            if let Some(metrics) = &self.metrics {
+                metrics.circuit.attach(&breaker);
+            }
             if let Some(state) = EndpointState::new(
                 id.clone(),
                 endpoint.clone(),
@@ -297,7 +307,7 @@ struct Shared {
     budget: TpsBudget,
     watch: EndpointWatch,
     name: Arc<str>,
-    observer: Observer,
+    metrics: Option<Resolved>,
 }
 
 /// A balanced, retried, time-limited upstream; failures become 502, 503 or
@@ -485,7 +495,9 @@ async fn attempts(
         let result = sent.await;
         let elapsed = started.elapsed();
         drop(in_flight);
-        shared.observer.upstream_latency(&shared.name, elapsed);
+        if let Some(metrics) = &shared.metrics {
+            metrics.latency.record(elapsed);
+        }
         let error = match result {
             Ok(response) => {
                 endpoint.answered();

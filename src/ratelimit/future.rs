@@ -95,12 +95,9 @@ where
     }
 }
 
-/// The route label of the observer's events.
-pub(crate) fn route_label<B>(request: &Request<B>) -> &str {
-    request
-        .extensions()
-        .get::<RouteTemplate>()
-        .map_or("unmatched", RouteTemplate::as_str)
+/// The route of the request, for the metrics (`unmatched` without one).
+pub(crate) fn route_label<B>(request: &Request<B>) -> Option<&RouteTemplate> {
+    request.extensions().get::<RouteTemplate>()
 }
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>

@@ -10,12 +10,13 @@ use super::{
     key::{KeyBuilder, KeyExtractor},
     limit::{Limit, LimitError},
     local::{DEFAULT_MAX_KEYS, LocalLimiter},
+    metrics::{RateLimitMetrics, RateLimitOutcome},
     service::RateLimit,
 };
 use crate::{
     identity::Identity,
-    observe::Observer,
     reject::{Rejection, RejectionKind, RequestHead},
+    route::RouteTemplate,
 };
 
 /// What the layer does when the backend cannot decide (Redis failed, timed
@@ -111,7 +112,7 @@ impl RateLimitLayer {
             scope: "default".to_owned(),
             headers: QuotaHeaders::default(),
             missing: MissingKey::default(),
-            observer: Observer::default(),
+            metrics: None,
             max_local_keys: DEFAULT_MAX_KEYS,
             #[cfg(feature = "redis")]
             redis: None,
@@ -138,7 +139,7 @@ pub struct RateLimitLayerBuilder {
     scope: String,
     headers: QuotaHeaders,
     missing: MissingKey,
-    observer: Observer,
+    metrics: Option<RateLimitMetrics>,
     max_local_keys: usize,
     #[cfg(feature = "redis")]
     redis: Option<super::RedisBackend>,
@@ -199,10 +200,11 @@ impl RateLimitLayerBuilder {
         self
     }
 
-    /// Reports every decision to `observer` (`allowed`, `limited`,
-    /// `backend_error`, `fallback`).
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    /// Counts every decision in `metrics` (by [`RateLimitOutcome`]).
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: RateLimitMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -293,7 +295,7 @@ impl RateLimitLayerBuilder {
                 tiers,
                 scope: self.scope,
                 missing: self.missing,
-                observer: self.observer,
+                metrics: self.metrics,
                 backend,
                 fallback,
                 failure: self.failure,
@@ -309,7 +311,7 @@ pub(crate) struct Shared {
     tiers: Vec<Tier>,
     scope: String,
     pub(crate) missing: MissingKey,
-    pub(crate) observer: Observer,
+    metrics: Option<RateLimitMetrics>,
     pub(crate) backend: Backend,
     fallback: Option<LocalLimiter>,
     failure: FailurePolicy,
@@ -373,23 +375,27 @@ impl Shared {
         tier: usize,
         key: &str,
         decided: Option<Decision>,
-        route: &str,
+        route: Option<&RouteTemplate>,
         head: &RequestHead<'_>,
     ) -> Settled<B> {
         let tier = self.tier(tier);
         let (decision, headers, outcome) = match decided {
             Some(d) => {
-                let outcome = if d.allowed { "allowed" } else { "limited" };
+                let outcome = if d.allowed {
+                    RateLimitOutcome::Allowed
+                } else {
+                    RateLimitOutcome::Limited
+                };
                 (d, &tier.headers, outcome)
             }
             None => match (self.failure, &self.fallback) {
                 (FailurePolicy::Local, Some(fallback)) => (
                     fallback.check(key, &tier.fallback),
                     &tier.fallback_headers,
-                    "fallback",
+                    RateLimitOutcome::Fallback,
                 ),
                 (FailurePolicy::Deny, _) => {
-                    self.observer.ratelimit_decision(route, "backend_error");
+                    self.report(route, RateLimitOutcome::BackendError);
                     let rejection = Rejection::unavailable(
                         "ratelimit_unavailable",
                         "rate limiting is unavailable",
@@ -398,12 +404,12 @@ impl Shared {
                     return Settled::Refuse(rejection.into_response(head));
                 }
                 _ => {
-                    self.observer.ratelimit_decision(route, "backend_error");
+                    self.report(route, RateLimitOutcome::BackendError);
                     return Settled::Admit(Vec::new());
                 }
             },
         };
-        self.observer.ratelimit_decision(route, outcome);
+        self.report(route, outcome);
         let mut list = Vec::new();
         if decision.allowed {
             headers.render(&decision, &mut list);
@@ -419,6 +425,13 @@ impl Shared {
             |rejection, (name, value)| rejection.with_header(name, value),
         );
         Settled::Refuse(rejection.into_response(head))
+    }
+
+    /// Counts a decision, if metrics are attached.
+    pub(crate) fn report(&self, route: Option<&RouteTemplate>, outcome: RateLimitOutcome) {
+        if let Some(metrics) = &self.metrics {
+            metrics.decision(route, outcome);
+        }
     }
 
     /// The response to a request without a key.

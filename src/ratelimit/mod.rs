@@ -20,9 +20,8 @@
 //!   decides it locally on a share of the limit. A breaker stops calling a
 //!   failing Redis and probes it, so an outage costs at most one timeout per
 //!   probe interval; limiting is shared again within about one interval of
-//!   Redis returning. Every decision is reported to the
-//!   [`Observer`](crate::observe::Observer) as `allowed`, `limited`,
-//!   `backend_error` or `fallback`.
+//!   Redis returning. Every decision is counted in the
+//!   [`RateLimitMetrics`] (feature `metrics`) as a [`RateLimitOutcome`].
 //! - **Keys** come only from verified data ([`key`] module docs): the
 //!   [`Identity`](crate::identity::Identity) an authenticating layer put in
 //!   the extensions, the client address ([`ClientAddr`], or the client a
@@ -88,6 +87,7 @@ pub mod key;
 mod layer;
 mod limit;
 mod local;
+mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
 mod service;
@@ -105,6 +105,10 @@ pub use layer::RedisRateLimitLayer;
 pub use layer::{FailurePolicy, MissingKey, RateLimitError, RateLimitLayer, RateLimitLayerBuilder};
 pub use limit::{Limit, LimitError, MAX_WINDOWS, Window};
 pub use local::{DEFAULT_MAX_KEYS, LocalLimiter, TokioClock};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::RateLimitMetrics;
+pub use metrics::RateLimitOutcome;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{BackendError, RedisBackend, RedisConfig, RedisStats, SCRIPT};

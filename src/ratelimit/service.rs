@@ -13,6 +13,7 @@ use super::{
     future::{ResponseFuture, route_label},
     key::{KeyBuilder, RequestInfo},
     layer::{Backend, MissingKey, Settled, Shared},
+    metrics::RateLimitOutcome,
 };
 use crate::{identity::Identity, reject::RequestHead};
 
@@ -77,9 +78,7 @@ where
         let mut key = KeyBuilder::from_prefix(&shared.tier(tier).tag);
         if let Err(error) = shared.key.extract(&RequestInfo::of(&request), &mut key) {
             tracing::debug!(target: "tower_gateway::ratelimit", %error, "no rate-limit key");
-            shared
-                .observer
-                .ratelimit_decision(super::future::route_label(&request), "missing_key");
+            shared.report(route_label(&request), RateLimitOutcome::MissingKey);
             return match shared.missing {
                 MissingKey::Allow => ResponseFuture::call(self.inner.call(request), Vec::new()),
                 MissingKey::Reject => {

@@ -7,10 +7,12 @@ use http::{Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::policy::{Decision, Policy, RoleHierarchy, Rule};
+use super::{
+    metrics::RuleDenials,
+    policy::{Decision, Policy, RoleHierarchy, Rule},
+};
 use crate::{
     identity::{Identity, RoleSource},
-    observe::Observer,
     path,
     reject::{Rejection, RequestHead, ResponseFuture},
 };
@@ -29,7 +31,7 @@ struct Shared {
     role_source: Option<RoleSource>,
     shadow: bool,
     realm: Option<String>,
-    observer: Observer,
+    metrics: Option<RuleDenials>,
 }
 
 impl RbacLayer {
@@ -42,7 +44,7 @@ impl RbacLayer {
                 role_source: None,
                 shadow: false,
                 realm: None,
-                observer: Observer::default(),
+                metrics: None,
             }),
         }
     }
@@ -101,9 +103,12 @@ impl RbacLayer {
         self
     }
 
-    /// Reports denials (per rule, enforce or shadow) to `observer`.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        Arc::make_mut(&mut self.shared).observer = observer;
+    /// Counts denials (per rule, enforce or shadow) in `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: super::RbacMetrics) -> Self {
+        let shared = Arc::make_mut(&mut self.shared);
+        shared.metrics = Some(metrics.rules(&shared.policy));
         self
     }
 
@@ -174,7 +179,9 @@ where
         }
         shared.policy.count_denial(matched);
         let rule = shared.policy.label(matched);
-        shared.observer.rbac_denied(rule, shared.shadow);
+        if let Some(metrics) = &shared.metrics {
+            metrics.denied(matched, shared.shadow);
+        }
         let subject = identity.and_then(Identity::subject).unwrap_or("-");
         if shared.shadow {
             tracing::warn!(

@@ -52,7 +52,11 @@
 //! ```
 
 mod layer;
+mod metrics;
 mod policy;
 
 pub use layer::{Rbac, RbacLayer};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::RbacMetrics;
 pub use policy::{Decision, Policy, PolicyBuilder, PolicyError, Requirement, RoleHierarchy, Rule};

@@ -486,6 +486,16 @@ impl Policy {
         }
     }
 
+    /// The label of every rule in order, then `"<unmatched>"`: the rules
+    /// [`Matched`] indexes.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn labels(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .map(|r| r.label.as_str())
+            .chain(["<unmatched>"])
+    }
+
     /// Denials counted per rule label since start, unmatched requests under
     /// `"<unmatched>"`. In shadow mode these are the requests the policy
     /// *would* have denied.

@@ -7,8 +7,8 @@
 //! as a [`Discover`](tower::discover::Discover) stream, metrics and health
 //! pages read its current snapshot. When Consul is down or answers
 //! garbage, the last known set stays in force, marked stale, and its age
-//! is reported through the [`Observer`](crate::observe::Observer)
-//! (`discovery_staleness`).
+//! is reported to the [`DiscoveryMetrics`](crate::discovery::DiscoveryMetrics)
+//! (`discovery_staleness`, feature `metrics`).
 //!
 //! [`ConsulRegistration`] registers an instance with the local agent
 //! (`PUT /v1/agent/service/register`), keeps a TTL check passing, and

@@ -33,9 +33,8 @@ use tokio::{sync::watch, time::Instant};
 use tower::discover::Change;
 
 use super::api::{ConsulClient, ConsulError, Query, parse_health, path_segment, status_error};
-use crate::{
-    discovery::{Changes, Endpoint, EndpointWatch, Snapshot},
-    observe::Observer,
+use crate::discovery::{
+    Changes, DiscoveryMetrics, Endpoint, EndpointWatch, ServiceMetrics, Snapshot,
 };
 
 /// Longest `wait` Consul honours ("This is limited to 10 minutes").
@@ -72,7 +71,7 @@ pub struct ConsulWatchBuilder {
     min_query_interval: Duration,
     retry_min: Duration,
     retry_max: Duration,
-    observer: Observer,
+    metrics: Option<DiscoveryMetrics>,
 }
 
 impl ConsulWatchBuilder {
@@ -87,7 +86,7 @@ impl ConsulWatchBuilder {
             min_query_interval: Duration::from_secs(2),
             retry_min: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
-            observer: Observer::default(),
+            metrics: None,
         }
     }
 
@@ -148,9 +147,11 @@ impl ConsulWatchBuilder {
         self
     }
 
-    /// Where the endpoint count and the age of the data are reported.
-    pub fn observer(mut self, observer: Observer) -> Self {
-        self.observer = observer;
+    /// Reports the endpoint count and the age of the data to `metrics`.
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(mut self, metrics: DiscoveryMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -191,7 +192,7 @@ impl ConsulWatchBuilder {
             min_query_interval: self.min_query_interval,
             retry_min: self.retry_min,
             retry_max: self.retry_max,
-            observer: self.observer,
+            metrics: self.metrics.map(|m| m.service(&self.service)),
             tx,
             control: control.clone(),
         };
@@ -221,7 +222,7 @@ struct Control {
 ///
 /// When Consul is unreachable or answers with an error or garbage, the
 /// last known set stays in force, marked stale, and its age is reported
-/// to the [`Observer`]. An empty answer from Consul is real (every
+/// to the metrics. An empty answer from Consul is real (every
 /// instance is gone or failing) and is applied.
 ///
 /// The watcher stops when [`stop`](Self::stop) is called, or when every
@@ -301,7 +302,7 @@ struct Watcher {
     min_query_interval: Duration,
     retry_min: Duration,
     retry_max: Duration,
-    observer: Observer,
+    metrics: Option<ServiceMetrics>,
     tx: watch::Sender<Arc<Snapshot>>,
     control: Arc<Control>,
 }
@@ -428,15 +429,19 @@ impl Watcher {
             changed
         });
         let service = &*self.control.service;
-        self.observer.endpoints(service, count);
-        self.observer.discovery_staleness(service, Duration::ZERO);
+        if let Some(metrics) = &self.metrics {
+            metrics.endpoints(count);
+            metrics.staleness(Duration::ZERO);
+        }
         tracing::trace!(target: "tower_gateway::consul", %service, endpoints = count, "consul answer applied");
     }
 
     fn fail(&self, error: &ConsulError) {
         let age = self.mark_stale();
         let service = &*self.control.service;
-        self.observer.discovery_staleness(service, age);
+        if let Some(metrics) = &self.metrics {
+            metrics.staleness(age);
+        }
         tracing::warn!(
             target: "tower_gateway::consul", %service, %error, age_secs = age.as_secs(),
             "consul query failed; keeping the last known endpoints"

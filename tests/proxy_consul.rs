@@ -242,6 +242,14 @@ async fn consul_down_keeps_traffic_on_the_last_known_set_and_changes_flow_when_i
         !s.stale && s.endpoints.contains_key("orders-c") && !s.endpoints.contains_key("orders-a")
     })
     .await;
+    // The upstream applies a new snapshot in a task of its own, a moment
+    // after the watch publishes it: wait (bounded) for the first request
+    // that sees it, then every later one must.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while get(&proxy).await != (200, "c".into()) {
+        assert!(tokio::time::Instant::now() < deadline, "traffic never moved to c");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     for i in 0..50 {
         assert_eq!(
             get(&proxy).await,

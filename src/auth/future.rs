@@ -1,13 +1,13 @@
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
 };
 
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::{identity::Identity, reject};
+use crate::reject;
 
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
@@ -25,24 +25,17 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        Decided { #[pin] future: reject::ResponseFuture<F, B>, identity: Option<Identity> },
+        Decided { #[pin] future: reject::ResponseFuture<F, B> },
         Waiting { future: Boxed<B, E> },
     }
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
+    /// Drives the inner service's future.
     pub(crate) fn inner(future: F) -> Self {
-        Self::admitted(future, None)
-    }
-
-    /// Drives the inner future; the verified identity is copied into the
-    /// response extensions, where layers outside auth (metrics per consumer,
-    /// access logs) find it.
-    pub(crate) fn admitted(future: F, identity: Option<Identity>) -> Self {
         Self {
             kind: Kind::Decided {
                 future: reject::ResponseFuture::inner(future),
-                identity,
             },
         }
     }
@@ -51,7 +44,6 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         Self {
             kind: Kind::Decided {
                 future: reject::ResponseFuture::rejected(response),
-                identity: None,
             },
         }
     }
@@ -71,13 +63,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Decided { future, identity } => {
-                let mut result = ready!(future.poll(cx));
-                if let (Ok(response), Some(identity)) = (&mut result, identity.take()) {
-                    response.extensions_mut().insert(identity);
-                }
-                Poll::Ready(result)
-            }
+            KindProj::Decided { future } => future.poll(cx),
             KindProj::Waiting { future } => future.as_mut().poll(cx),
         }
     }

@@ -84,6 +84,7 @@ mod jwks;
 mod keys;
 mod layer;
 mod metrics;
+mod route;
 mod service;
 mod store;
 mod token;
@@ -106,4 +107,5 @@ pub use layer::{JwtAuthBuilder, JwtAuthLayer, JwtConfigError};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::{AuthMetrics, JwksMetrics};
+pub use route::AuthMode;
 pub use service::JwtAuth;

@@ -8,7 +8,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header
 use tower_service::Service;
 
 use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
-use crate::{client_addr::ResolvedClient, identity::Identity, reject::RequestHead};
+use super::AuthMode;
+use crate::{
+    client_addr::ResolvedClient, identity::Identity, reject::RequestHead, route::MatchedRoute,
+};
 
 /// The service of [`JwtAuthLayer`](super::JwtAuthLayer).
 #[derive(Clone)]
@@ -62,6 +65,17 @@ where
             return ResponseFuture::inner(inner.call(request));
         }
 
+        // The matched route's mode, else the layer's own setting.
+        let mode = request
+            .extensions()
+            .get::<MatchedRoute>()
+            .and_then(|route| route.setting::<AuthMode>().copied());
+        let allow_anonymous = match mode {
+            Some(AuthMode::None) => return ResponseFuture::inner(inner.call(request)),
+            Some(AuthMode::Optional) => true,
+            Some(AuthMode::Required) => false,
+            None => shared.allow_anonymous,
+        };
         let extracted = shared.sources.extract(request.headers(), request.uri());
         // The budget is checked before anything looks at the token: an
         // address that spent it costs one hash lookup per request.
@@ -70,7 +84,7 @@ where
             Ok(Some(_)) | Err(_) => budget_spent(shared, &request),
         };
         let outcome = match (extracted, spent) {
-            (Ok(None), _) if shared.allow_anonymous => {
+            (Ok(None), _) if allow_anonymous => {
                 return ResponseFuture::inner(inner.call(request));
             }
             (Ok(None), _) => Err(Failure::Now(AuthError::Missing)),
@@ -85,10 +99,7 @@ where
         };
         match outcome {
             Ok(identity) => match admit(shared, &mut request, identity) {
-                Ok(()) => {
-                    let identity = request.extensions().get::<Identity>().cloned();
-                    ResponseFuture::admitted(inner.call(request), identity)
-                }
+                Ok(()) => ResponseFuture::inner(inner.call(request)),
                 Err(error) => ResponseFuture::rejected(reject(shared, &request, &error)),
             },
             Err(Failure::Retry(failure, token)) => {
@@ -104,14 +115,7 @@ where
                             .verify_after_refresh(&token, updated, wait, failure.error)
                             .await;
                         match verdict.and_then(|identity| admit(&shared, &mut request, identity)) {
-                            Ok(()) => {
-                                let identity = request.extensions().get::<Identity>().cloned();
-                                let mut response = inner.call(request).await?;
-                                if let Some(identity) = identity {
-                                    response.extensions_mut().insert(identity);
-                                }
-                                Ok(response)
-                            }
+                            Ok(()) => inner.call(request).await,
                             Err(error) => Ok(reject(&shared, &request, &error)),
                         }
                     }));

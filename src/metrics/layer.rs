@@ -20,24 +20,31 @@ use tower_service::Service;
 
 use super::{
     GatewayMetrics,
-    registry::{ConsumerLabels, GrpcLabels, GrpcMethodLabels, RouteMethod, RouteMethodStatus},
+    registry::{GrpcLabels, GrpcMethodLabels, RouteMethod, RouteMethodStatus},
 };
-use crate::{Identity, reject::is_grpc_request, route::RouteTemplate};
+use crate::{
+    reject::is_grpc_request,
+    route::{MatchedRoute, RouteTemplate},
+};
 
 type RouteFn = Arc<dyn Fn(&http::request::Parts) -> Option<String> + Send + Sync>;
 
 /// Records per-request metrics into a [`GatewayMetrics`] registry.
 ///
-/// Labels use the route template ([`RouteTemplate`] in the request
-/// extensions, or what [`MetricsLayer::route_from`] extracts), never the raw
-/// path; requests without one are labelled `unmatched`. Methods outside the
+/// Labels use the route template (of the [`MatchedRoute`] or a
+/// [`RouteTemplate`] in the request extensions, or what
+/// [`MetricsLayer::route_from`] extracts), never the raw path; requests
+/// without one are labelled `unmatched`. Methods outside the
 /// standard set are labelled `OTHER`. gRPC calls also count under their
 /// service, method and final `grpc-status` (read from the trailers, or the
-/// headers of a trailers-only response). With per-consumer series enabled,
-/// the verified [`Identity`] subject labels a capped counter.
+/// headers of a trailers-only response). Per-consumer series are counted by
+/// a [`ConsumerMetricsLayer`](super::ConsumerMetricsLayer) placed after
+/// authentication, where the verified identity is known.
 ///
-/// Place it outermost, so that requests refused by the other layers are
-/// counted too.
+/// Place it outside the layers that refuse, so their refusals are counted
+/// too — and inside a [`RouteLayer`](crate::route::RouteLayer), whose
+/// match it labels by (that layer counts what it refuses itself, see
+/// [`RouteLayer::metrics`](crate::route::RouteLayer::metrics)).
 ///
 /// ```
 /// use tower::ServiceBuilder;
@@ -107,6 +114,22 @@ impl<S> fmt::Debug for Metrics<S> {
     }
 }
 
+impl GatewayMetrics {
+    /// Counts a request that no route took (refused before any
+    /// [`MetricsLayer`] saw it) under the route label `unmatched`.
+    pub(crate) fn record_unmatched(&self, method: &Method, status: http::StatusCode) {
+        self.inner
+            .families
+            .requests
+            .get_or_create(&RouteMethodStatus {
+                route: Arc::from("unmatched"),
+                method: method_label(method),
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+}
+
 fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
@@ -165,7 +188,6 @@ struct Record {
     started: Instant,
     grpc: Option<GrpcMethodLabels>,
     grpc_status: Option<&'static str>,
-    consumer: Option<Arc<str>>,
     status: u16,
     response_bytes: u64,
     request_bytes: Option<Arc<AtomicU64>>,
@@ -203,14 +225,6 @@ impl Record {
             };
             f.grpc_requests.get_or_create(&labels).inc();
         }
-        if let Some(consumer) = self.consumer.take() {
-            f.consumer_requests
-                .get_or_create(&ConsumerLabels {
-                    consumer,
-                    status: self.status,
-                })
-                .inc();
-        }
     }
 
     /// Called when the inner service failed without a response.
@@ -225,15 +239,8 @@ impl Record {
         self.finish();
     }
 
-    fn head(&mut self, headers: &HeaderMap, extensions: &http::Extensions, status: u16) {
+    fn head(&mut self, headers: &HeaderMap, status: u16) {
         self.status = status;
-        // An identity an inner layer established (a token's subject) is more
-        // specific than one the connection carried in (an mTLS peer).
-        if let Some(cap) = &self.metrics.inner.consumers
-            && let Some(subject) = extensions.get::<Identity>().and_then(Identity::subject)
-        {
-            self.consumer = Some(cap.get(subject));
-        }
         let f = &self.metrics.inner.families;
         f.duration
             .get_or_create(&self.labels)
@@ -286,7 +293,12 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let metrics = &self.layer.metrics;
         let inner = &metrics.inner;
-        let route = match request.extensions().get::<RouteTemplate>() {
+        let extensions = request.extensions();
+        let template = extensions
+            .get::<MatchedRoute>()
+            .map(MatchedRoute::template)
+            .or_else(|| extensions.get::<RouteTemplate>());
+        let route = match template {
             Some(template) => inner.routes.get(template.as_str()),
             None => {
                 let (parts, body) = request.into_parts();
@@ -345,16 +357,6 @@ impl<S> Metrics<S> {
         } else {
             None
         };
-        // With the layer outside authentication (its recommended place) the
-        // identity is not on the request yet; the auth layer copies it into
-        // the response extensions, where `head` looks.
-        let consumer = inner.consumers.as_ref().and_then(|cap| {
-            request
-                .extensions()
-                .get::<Identity>()
-                .and_then(Identity::subject)
-                .map(|subject| cap.get(subject))
-        });
         let record = Record {
             metrics: metrics.clone(),
             labels,
@@ -362,7 +364,6 @@ impl<S> Metrics<S> {
             started: Instant::now(),
             grpc,
             grpc_status: None,
-            consumer,
             status: 0,
             response_bytes: 0,
             request_bytes,
@@ -405,11 +406,7 @@ where
         };
         Poll::Ready(match result {
             Ok(response) => {
-                record.head(
-                    response.headers(),
-                    response.extensions(),
-                    response.status().as_u16(),
-                );
+                record.head(response.headers(), response.status().as_u16());
                 Ok(response.map(|body| MetricsBody {
                     body,
                     record: Some(record),

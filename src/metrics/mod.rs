@@ -101,10 +101,12 @@
 //! ```
 
 mod cap;
+mod consumer;
 mod handler;
 mod layer;
 mod registry;
 
+pub use consumer::{ConsumerMetrics, ConsumerMetricsFuture, ConsumerMetricsLayer};
 pub use handler::{MetricsHandler, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};
 pub use layer::{Metrics, MetricsBody, MetricsLayer, MetricsRequestBody, ResponseFuture};
 #[cfg(feature = "proxy")]

@@ -136,7 +136,7 @@ pub(crate) fn apply<B>(request: &mut Request<B>) -> Result<NormalizedPath, PathE
     Ok(normalized)
 }
 
-fn rewrite_path(uri: &mut Uri, path: &NormalizedPath) {
+pub(crate) fn rewrite_path(uri: &mut Uri, path: &NormalizedPath) {
     let path_and_query = match uri.query() {
         Some(query) => format!("{}?{}", path.as_str(), query),
         None => path.as_str().to_owned(),

@@ -43,8 +43,7 @@ mod layer;
 
 #[cfg(any(feature = "rbac", feature = "proxy"))]
 pub(crate) use layer::apply;
-#[cfg(feature = "rbac")]
-pub(crate) use layer::path_rejection;
+pub(crate) use layer::{path_rejection, rewrite_path};
 pub use layer::{NormalizePath, NormalizePathLayer};
 
 use std::{borrow::Cow, fmt};
@@ -56,6 +55,11 @@ use std::{borrow::Cow, fmt};
 pub struct NormalizedPath(std::sync::Arc<str>);
 
 impl NormalizedPath {
+    /// Wraps a path that [`normalize`] produced.
+    pub(crate) fn from_normalized(path: String) -> Self {
+        Self(path.into())
+    }
+
     /// The normalized path as a string.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -16,17 +16,24 @@ use http_body_util::BodyExt;
 use tower_service::Service;
 
 use super::{
-    ForwardedHeaders, ProxyBody, RouteMatch, RouteTable, UpstreamBody, headers::add_forwarding,
+    ForwardedHeaders, ProxyBody, UpstreamBody,
+    headers::add_forwarding,
+    route::{RouteAttempts, RouteTimeout, RouteUpstream, StripPrefix},
 };
 use crate::connection::ClientAddr;
 use crate::hop_by_hop::{is_upgrade, remove_fixed, remove_hop_by_hop};
 use crate::reject::{Rejection, RejectionKind, RequestHead};
+use crate::route::Routes;
 
 /// Forwards requests to the upstream of their route (see the [module
 /// documentation](super)).
+///
+/// It reads the [`MatchedRoute`](crate::route::MatchedRoute) a
+/// [`RouteLayer`](crate::route::RouteLayer) recorded, or matches the
+/// request itself when there is none; either way, once.
 #[derive(Clone)]
 pub struct Proxy {
-    table: Arc<RouteTable>,
+    routes: Arc<Routes>,
     forwarded: ForwardedHeaders,
     preserve_host: bool,
     https: bool,
@@ -48,16 +55,18 @@ fn header_list_size(headers: &http::HeaderMap) -> usize {
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Proxy")
-            .field("table", &self.table)
+            .field("routes", &self.routes)
             .finish_non_exhaustive()
     }
 }
 
 impl Proxy {
-    /// A proxy over `table`.
-    pub fn new(table: &Arc<RouteTable>) -> Self {
+    /// A proxy to the upstreams of `routes` (see [`Route::upstream`]).
+    ///
+    /// [`Route::upstream`]: crate::route::Route::upstream
+    pub fn new(routes: &Arc<Routes>) -> Self {
         Self {
-            table: table.clone(),
+            routes: routes.clone(),
             forwarded: ForwardedHeaders::default(),
             preserve_host: false,
             https: false,
@@ -209,43 +218,31 @@ where
                 Rejection::bad_request("invalid_host", "more than one Host header"),
             );
         }
-        let Some(found) = self.table.annotate(&mut request) else {
-            let error = crate::path::normalize(request.uri().path()).err();
-            let detail = error.map_or_else(|| "invalid path".to_owned(), |e| e.to_string());
-            return self.refuse(&request, Rejection::bad_request("invalid_path", detail));
+        let matched = match self.routes.resolve(&mut request) {
+            Ok(matched) => matched,
+            Err(rejection) => return self.refuse(&request, rejection),
         };
-        let index = match found {
-            RouteMatch::Found(index) => index,
-            RouteMatch::MethodNotAllowed(allow) => {
-                let rejection = Rejection::new(
-                    RejectionKind::MethodNotAllowed,
-                    "method_not_allowed",
-                    "method not allowed",
-                )
-                .with_header(header::ALLOW, allow);
-                return self.refuse(&request, rejection);
-            }
-            RouteMatch::NotFound => {
-                return self.refuse(
-                    &request,
-                    Rejection::new(RejectionKind::NotFound, "no_route", "no route"),
-                );
-            }
-        };
-        let Some((route, _, upstream)) = self.table.entry(index) else {
+        let Some(RouteUpstream(upstream)) = matched.setting::<RouteUpstream>() else {
+            // A route without an upstream is a configuration error, not the
+            // client's: answered as the gateway's own failure.
             return self.refuse(
                 &request,
-                Rejection::new(RejectionKind::NotFound, "no_route", "no route"),
+                Rejection::new(
+                    RejectionKind::BadGateway,
+                    "no_upstream",
+                    "the route has no upstream",
+                ),
             );
         };
         let upstream = upstream.clone();
-        let timeout = match route.request_timeout() {
-            Some(limit) => limit.min(upstream.request_timeout()),
+        let timeout = match matched.setting::<RouteTimeout>() {
+            Some(RouteTimeout(limit)) => (*limit).min(upstream.request_timeout()),
             None => upstream.request_timeout(),
         };
+        let attempts = matched.setting::<RouteAttempts>().map(|a| a.0);
 
-        if route.strips_prefix() {
-            strip_prefix(request.uri_mut(), route.prefix_str());
+        if matched.setting::<StripPrefix>().is_some() {
+            strip_prefix(request.uri_mut(), matched.route().prefix_str());
         }
         let upgrade = is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -286,7 +283,7 @@ where
         let request: Request<ProxyBody> = request.map(box_body);
         ProxyFuture {
             state: State::Sending {
-                sent: Box::pin(upstream.send(request, timeout)),
+                sent: Box::pin(upstream.send(request, timeout, attempts)),
                 upgrade: client_upgrade,
             },
         }

@@ -87,8 +87,4 @@ pub use headers::ForwardedHeaders;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::{UpstreamLatency, UpstreamMetrics};
 pub use retry::RetryConfig;
-pub use route::{
-    RequireRoute, RequireRouteLayer, Route, RouteLayer, RouteMatch, RouteMatcher, RouteTable,
-    RouteTableBuilder,
-};
 pub use upstream::{ProxyError, Upstream, UpstreamService};

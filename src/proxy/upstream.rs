@@ -348,8 +348,10 @@ impl UpstreamService {
         &self,
         request: Request<ProxyBody>,
         timeout: Duration,
+        retries: Option<usize>,
     ) -> impl Future<Output = Response<UpstreamBody>> + Send + 'static {
         let shared = self.shared.clone();
+        let retries = retries.unwrap_or(shared.attempts);
         let head = Head::of(&request);
         let (parts, body) = request.into_parts();
         let (body, handle) = SendBody::new(body, shared.http2);
@@ -363,6 +365,7 @@ impl UpstreamService {
                     Some(body),
                     handle.clone(),
                     method,
+                    retries,
                 ),
             ),
             shared,
@@ -435,6 +438,7 @@ async fn attempts(
     mut body: Option<SendBody>,
     handle: BodyHandle,
     method: Method,
+    retries: usize,
 ) -> Result<Response<UpstreamBody>, Rejection> {
     let shared = &*shared;
     let mut tried = [usize::MAX; MAX_TRIED];
@@ -452,7 +456,7 @@ async fn attempts(
         if let Some(slot) = tried.get_mut(attempt) {
             *slot = index;
         }
-        let more = attempt < shared.attempts;
+        let more = attempt < retries;
         let retry =
             |attempt: &mut usize, body: &mut Option<SendBody>, again: Option<SendBody>| match again
             {
@@ -665,7 +669,7 @@ impl Service<Request<ProxyBody>> for UpstreamService {
     }
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let sent = self.send(request, self.shared.request_timeout);
+        let sent = self.send(request, self.shared.request_timeout, None);
         Box::pin(async move { Ok(sent.await) })
     }
 }

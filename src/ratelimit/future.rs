@@ -97,7 +97,11 @@ where
 
 /// The route of the request, for the metrics (`unmatched` without one).
 pub(crate) fn route_label<B>(request: &Request<B>) -> Option<&RouteTemplate> {
-    request.extensions().get::<RouteTemplate>()
+    let extensions = request.extensions();
+    extensions
+        .get::<crate::route::MatchedRoute>()
+        .map(crate::route::MatchedRoute::template)
+        .or_else(|| extensions.get::<RouteTemplate>())
 }
 
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>

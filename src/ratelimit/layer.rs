@@ -82,7 +82,7 @@ pub enum RateLimitError {
 /// Cheap to clone (one `Arc`); every service it wraps shares its state.
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 /// The layer under the name of its distributed use: a [`RateLimitLayer`]

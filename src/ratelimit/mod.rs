@@ -90,6 +90,7 @@ mod local;
 mod metrics;
 #[cfg(feature = "redis")]
 mod redis;
+mod route;
 mod service;
 mod store;
 
@@ -112,4 +113,5 @@ pub use metrics::RateLimitOutcome;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{BackendError, RedisBackend, RedisConfig, RedisStats, SCRIPT};
+pub use route::{RouteRateLimit, RouteRateLimitFuture, RouteRateLimitLayer};
 pub use service::RateLimit;

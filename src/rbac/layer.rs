@@ -9,9 +9,11 @@ use tower_service::Service;
 
 use super::{
     metrics::RuleDenials,
+    route::{ANY_PATH, RouteRoles},
     policy::{Decision, Policy, RoleHierarchy, Rule},
 };
 use crate::{
+    route::MatchedRoute,
     identity::{Identity, RoleSource},
     path,
     reject::{Rejection, RequestHead, ResponseFuture},
@@ -32,10 +34,25 @@ struct Shared {
     shadow: bool,
     realm: Option<String>,
     metrics: Option<RuleDenials>,
+    #[cfg(feature = "metrics")]
+    handle: Option<super::RbacMetrics>,
+}
+
+/// A layer with no policy of its own: it enforces only the role rules of
+/// matched routes ([`Route::roles`](crate::route::Route::roles)) and lets
+/// every other request through.
+impl Default for RbacLayer {
+    fn default() -> Self {
+        Self::new(Policy::empty())
+    }
 }
 
 impl RbacLayer {
-    /// Enforces `policy`.
+    /// Enforces `policy` — and, on requests a
+    /// [`RouteLayer`](crate::route::RouteLayer) matched to a route with
+    /// role rules ([`Route::roles`](crate::route::Route::roles)), the
+    /// route's rules instead. For a gateway whose rules all live on its
+    /// routes, use [`RbacLayer::default`].
     pub fn new(policy: impl Into<Arc<Policy>>) -> Self {
         Self {
             shared: Arc::new(Shared {
@@ -45,6 +62,8 @@ impl RbacLayer {
                 shadow: false,
                 realm: None,
                 metrics: None,
+                #[cfg(feature = "metrics")]
+                handle: None,
             }),
         }
     }
@@ -109,6 +128,7 @@ impl RbacLayer {
     pub fn metrics(mut self, metrics: super::RbacMetrics) -> Self {
         let shared = Arc::make_mut(&mut self.shared);
         shared.metrics = Some(metrics.rules(&shared.policy));
+        shared.handle = Some(metrics);
         self
     }
 
@@ -151,15 +171,27 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = &*self.shared;
-        let normalized = match path::apply(&mut request) {
-            Ok(normalized) => normalized,
-            Err(error) => {
-                let rejection = path::path_rejection(error);
-                return ResponseFuture::rejected(
-                    rejection.into_response(&RequestHead::of(&request)),
-                );
-            }
+        // The matched route's rules, if it has any; else the layer's policy,
+        // which decides on the normalized path.
+        let route = request
+            .extensions()
+            .get::<MatchedRoute>()
+            .filter(|route| route.setting::<RouteRoles>().is_some())
+            .cloned();
+        let route_roles = route.as_ref().and_then(|r| r.setting::<RouteRoles>());
+        let normalized = match route_roles {
+            Some(_) => ANY_PATH.clone(),
+            None => match path::apply(&mut request) {
+                Ok(normalized) => normalized,
+                Err(error) => {
+                    let rejection = path::path_rejection(error);
+                    return ResponseFuture::rejected(
+                        rejection.into_response(&RequestHead::of(&request)),
+                    );
+                }
+            },
         };
+        let policy = route_roles.map_or(&*shared.policy, |r| &*r.policy);
         let identity = request.extensions().get::<Identity>();
         let extracted;
         let roles = match (identity, &shared.role_source) {
@@ -171,29 +203,41 @@ where
             }
         };
         let (decision, matched) =
-            shared
-                .policy
-                .evaluate(request.method(), &normalized, roles, &shared.hierarchy);
+            policy.evaluate(request.method(), &normalized, roles, &shared.hierarchy);
         if decision == Decision::Allow {
             return ResponseFuture::inner(self.inner.call(request));
         }
-        shared.policy.count_denial(matched);
-        let rule = shared.policy.label(matched);
-        if let Some(metrics) = &shared.metrics {
-            metrics.denied(matched, shared.shadow);
+        policy.count_denial(matched);
+        let rule = policy.label(matched);
+        match route_roles {
+            #[cfg(feature = "metrics")]
+            Some(route_roles) => {
+                if let Some(handle) = &shared.handle {
+                    route_roles
+                        .denials
+                        .get_or_init(|| handle.rules(&route_roles.policy))
+                        .denied(matched, shared.shadow);
+                }
+            }
+            _ => {
+                if let Some(metrics) = &shared.metrics {
+                    metrics.denied(matched, shared.shadow);
+                }
+            }
         }
         let subject = identity.and_then(Identity::subject).unwrap_or("-");
+        let path = request.uri().path();
         if shared.shadow {
             tracing::warn!(
                 target: "tower_gateway::rbac",
-                rule, ?decision, method = %request.method(), path = %normalized, subject,
+                rule, ?decision, method = %request.method(), path, subject,
                 "shadow policy would deny"
             );
             return ResponseFuture::inner(self.inner.call(request));
         }
         tracing::debug!(
             target: "tower_gateway::rbac",
-            rule, ?decision, method = %request.method(), path = %normalized, subject,
+            rule, ?decision, method = %request.method(), path, subject,
             "denied"
         );
         let rejection = match decision {

@@ -54,6 +54,7 @@
 mod layer;
 mod metrics;
 mod policy;
+mod route;
 
 pub use layer::{Rbac, RbacLayer};
 #[cfg(feature = "metrics")]

@@ -174,6 +174,12 @@ impl Rule {
         self
     }
 
+    /// Sets the requirement.
+    pub(crate) fn requirement(mut self, requirement: Requirement) -> Self {
+        self.requirement = requirement;
+        self
+    }
+
     fn label(&self) -> String {
         if let Some(name) = &self.name {
             return name.clone();
@@ -399,6 +405,40 @@ impl Policy {
                 requirement: rule.requirement,
                 denials: AtomicU64::new(0),
             }],
+            deny_unmatched: true,
+            case_insensitive: false,
+            unmatched_denials: AtomicU64::new(0),
+        }
+    }
+
+    /// A policy with no rules that allows every request.
+    pub(crate) fn empty() -> Self {
+        Self {
+            rules: Vec::new(),
+            deny_unmatched: false,
+            case_insensitive: false,
+            unmatched_denials: AtomicU64::new(0),
+        }
+    }
+
+    /// The policy of a route's role rules: each rule covers every path (the
+    /// route matched it already), methods no rule names are denied, and an
+    /// empty role set denies everyone.
+    pub(crate) fn for_route(rules: &[Rule]) -> Self {
+        Self {
+            rules: rules
+                .iter()
+                .map(|rule| CompiledRule {
+                    label: rule.label(),
+                    methods: rule.methods.clone(),
+                    pattern: PathPattern {
+                        segments: Vec::new(),
+                        prefix: true,
+                    },
+                    requirement: rule.requirement.clone(),
+                    denials: AtomicU64::new(0),
+                })
+                .collect(),
             deny_unmatched: true,
             case_insensitive: false,
             unmatched_denials: AtomicU64::new(0),

@@ -1,4 +1,3 @@
-//! The route a request matched, as a template.
 
 use std::sync::Arc;
 

@@ -45,7 +45,8 @@ use tokio::{
 };
 use tower_gateway::{
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{RetryConfig, Route, RouteTable, Upstream, UpstreamProtocol},
+    proxy::{RetryConfig, Upstream, UpstreamProtocol},
+    route::{Route, Routes},
 };
 
 // ---------------------------------------------------------------------------
@@ -326,14 +327,15 @@ async fn get(addr: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, Byte
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversized_headers_never_reach_an_http2_upstream_and_break_its_connection() {
     let echo = echo_upstream(Duration::from_millis(20)).await;
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/"),
-            upstream("echo", echo)
-                .protocol(UpstreamProtocol::Http2)
-                .retries(RetryConfig::none())
-                .build()
-                .unwrap(),
+            Route::prefix("/").upstream(
+                upstream("echo", echo)
+                    .protocol(UpstreamProtocol::Http2)
+                    .retries(RetryConfig::none())
+                    .build()
+                    .unwrap(),
+            ),
         )
         .build()
         .unwrap();
@@ -361,8 +363,8 @@ async fn oversized_headers_never_reach_an_http2_upstream_and_break_its_connectio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarding_headers_do_not_reach_the_upstream_unchecked() {
     let echo = echo_upstream(Duration::ZERO).await;
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream("echo", echo).build().unwrap())
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream("echo", echo).build().unwrap()))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;
@@ -395,10 +397,11 @@ async fn spoofed_forwarding_headers_do_not_reach_the_upstream_unchecked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_host_headers_are_refused_and_absolute_form_wins_over_host() {
     let echo = echo_upstream(Duration::ZERO).await;
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/").host("shop.example"),
-            upstream("shop", echo).build().unwrap(),
+            Route::prefix("/")
+                .host("shop.example")
+                .upstream(upstream("shop", echo).build().unwrap()),
         )
         .build()
         .unwrap();
@@ -464,29 +467,18 @@ async fn misbehaving_upstreams_are_502_and_504_in_bounded_time() {
         tokio::time::sleep(Duration::from_secs(30)).await;
     })
     .await;
-    let table = RouteTable::builder()
+    let table = Routes::builder()
+        .route(Route::prefix("/garbage").upstream(upstream("garbage", garbage).build().unwrap()))
+        .route(Route::prefix("/reset").upstream(upstream("reset", reset).build().unwrap()))
+        .route(Route::prefix("/closes").upstream(upstream("closes", closes).build().unwrap()))
+        .route(Route::prefix("/length").upstream(upstream("length", bad_length).build().unwrap()))
         .route(
-            Route::prefix("/garbage"),
-            upstream("garbage", garbage).build().unwrap(),
-        )
-        .route(
-            Route::prefix("/reset"),
-            upstream("reset", reset).build().unwrap(),
-        )
-        .route(
-            Route::prefix("/closes"),
-            upstream("closes", closes).build().unwrap(),
-        )
-        .route(
-            Route::prefix("/length"),
-            upstream("length", bad_length).build().unwrap(),
-        )
-        .route(
-            Route::prefix("/hangs"),
-            upstream("hangs", hangs)
-                .request_timeout(Duration::from_millis(500))
-                .build()
-                .unwrap(),
+            Route::prefix("/hangs").upstream(
+                upstream("hangs", hangs)
+                    .request_timeout(Duration::from_millis(500))
+                    .build()
+                    .unwrap(),
+            ),
         )
         .build()
         .unwrap();
@@ -528,13 +520,14 @@ async fn a_slow_upstream_body_is_streamed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     })
     .await;
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/"),
-            upstream("slow", slow)
-                .request_timeout(Duration::from_secs(1))
-                .build()
-                .unwrap(),
+            Route::prefix("/").upstream(
+                upstream("slow", slow)
+                    .request_timeout(Duration::from_secs(1))
+                    .build()
+                    .unwrap(),
+            ),
         )
         .build()
         .unwrap();
@@ -561,8 +554,8 @@ async fn a_slow_upstream_body_is_streamed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_requests_in_flight_all_succeed() {
     let echo = echo_upstream(Duration::from_millis(200)).await;
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream("echo", echo).build().unwrap())
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream("echo", echo).build().unwrap()))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;

@@ -15,8 +15,9 @@ use tower::ServiceBuilder;
 use tower_gateway::{
     client_addr::{ClientAddrLayer, TrustedProxies},
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream},
+    proxy::{Proxy, Upstream},
     ratelimit::{ClientIp, Limit, RateLimitLayer},
+    route::{Route, RouteLayer, Routes},
     server,
 };
 
@@ -55,13 +56,14 @@ async fn start_gateway(upstream: SocketAddr) -> SocketAddr {
         upstream.ip().to_string(),
         upstream.port(),
     )]);
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/"),
-            Upstream::new("upstream", discovery.watch())
-                .request_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
+            Route::prefix("/").upstream(
+                Upstream::new("upstream", discovery.watch())
+                    .request_timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap(),
+            ),
         )
         .build()
         .unwrap();

@@ -32,7 +32,8 @@ use tokio::{
 use tower_gateway::{
     circuit::CircuitConfig,
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{Route, RouteTable, Upstream},
+    proxy::Upstream,
+    route::{Route, Routes},
 };
 
 /// An upstream that reads the whole body and answers with its size; it
@@ -96,8 +97,8 @@ async fn gateway(addr: SocketAddr, timeout: Duration) -> SocketAddr {
         .build()
         .unwrap();
     support_proxy::serve(
-        RouteTable::builder()
-            .route(Route::prefix("/").timeout(timeout), upstream)
+        Routes::builder()
+            .route(Route::prefix("/").timeout(timeout).upstream(upstream))
             .build()
             .unwrap(),
     )

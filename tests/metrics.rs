@@ -12,7 +12,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_gateway::{
     Identity,
     identity::RoleSource,
-    metrics::{GatewayMetrics, MetricsConfig, MetricsLayer},
+    metrics::{ConsumerMetricsLayer, GatewayMetrics, MetricsConfig, MetricsLayer},
     route::RouteTemplate,
 };
 
@@ -133,6 +133,7 @@ async fn ten_thousand_paths_and_consumers_keep_cardinality_bounded() {
             req
         })
         .layer(MetricsLayer::new(&metrics).route_from(|parts| Some(parts.uri.path().to_owned())))
+        .layer(ConsumerMetricsLayer::new(&metrics))
         .service(status_service(None));
     for i in 0..10_000 {
         let req = Request::builder()
@@ -261,7 +262,7 @@ mod support;
 /// the response extensions.
 #[cfg(feature = "jwt")]
 #[tokio::test]
-async fn consumers_are_counted_with_metrics_outside_auth() {
+async fn consumers_are_counted_after_auth_with_request_metrics_outside() {
     use tower_gateway::auth::{Algorithm, Issuer, JwtAuthLayer, JwtKey};
     let metrics = GatewayMetrics::default();
     let auth = JwtAuthLayer::builder()
@@ -276,6 +277,7 @@ async fn consumers_are_counted_with_metrics_outside_auth() {
         .map_request(with_route("/orders"))
         .layer(MetricsLayer::new(&metrics))
         .layer(auth)
+        .layer(ConsumerMetricsLayer::new(&metrics))
         .service(status_service(None));
     for (who, n) in [("alice", 3), ("bob", 2)] {
         let token = support::mint(Algorithm::HS256, None, &support::claims(who, &["user"]));

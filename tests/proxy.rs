@@ -29,7 +29,8 @@ use tokio::{io::AsyncReadExt, io::AsyncWriteExt, net::TcpListener, task::JoinSet
 use tower_gateway::{
     circuit::CircuitConfig,
     discovery::{Endpoint, StaticDiscovery},
-    proxy::{RetryConfig, Route, RouteTable, Upstream},
+    proxy::{RetryConfig, Upstream},
+    route::{Route, Routes},
 };
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -262,8 +263,8 @@ fn upstream_of(name: &str, discovery: &StaticDiscovery) -> tower_gateway::proxy:
 async fn forwards_with_hop_by_hop_removed_and_forwarding_headers_set() {
     let a = start_upstream("a", Arc::default()).await;
     let discovery = StaticDiscovery::new([a.endpoint("a")]);
-    let table = RouteTable::builder()
-        .route(Route::prefix("/orders"), upstream_of("orders", &discovery))
+    let table = Routes::builder()
+        .route(Route::prefix("/orders").upstream(upstream_of("orders", &discovery)))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;
@@ -309,14 +310,16 @@ async fn routes_by_prefix_with_404_405_and_prefix_stripping() {
     let b = start_upstream("payments", Arc::default()).await;
     let orders = StaticDiscovery::new([a.endpoint("a")]);
     let payments = StaticDiscovery::new([b.endpoint("b")]);
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/orders").methods([Method::GET, Method::POST]),
-            upstream_of("orders", &orders),
+            Route::prefix("/orders")
+                .methods([Method::GET, Method::POST])
+                .upstream(upstream_of("orders", &orders)),
         )
         .route(
-            Route::prefix("/api/payments").strip_prefix(),
-            upstream_of("payments", &payments),
+            Route::prefix("/api/payments")
+                .strip_prefix()
+                .upstream(upstream_of("payments", &payments)),
         )
         .build()
         .unwrap();
@@ -367,8 +370,8 @@ async fn ten_mib_streams_both_ways_without_buffering() {
     let gates = Arc::new(Gates::default());
     let a = start_upstream("a", gates.clone()).await;
     let discovery = StaticDiscovery::new([a.endpoint("a")]);
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream_of("big", &discovery))
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream_of("big", &discovery)))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;
@@ -586,10 +589,10 @@ async fn timeouts_and_failures_are_502_503_504_without_internal_detail() {
         .unwrap();
     let dead = StaticDiscovery::new([Endpoint::new("dead", "127.0.0.1", 1)]);
     let empty = StaticDiscovery::new([]);
-    let table = RouteTable::builder()
-        .route(Route::prefix("/slow"), slow)
-        .route(Route::prefix("/dead"), upstream_of("dead", &dead))
-        .route(Route::prefix("/empty"), upstream_of("empty", &empty))
+    let table = Routes::builder()
+        .route(Route::prefix("/slow").upstream(slow))
+        .route(Route::prefix("/dead").upstream(upstream_of("dead", &dead)))
+        .route(Route::prefix("/empty").upstream(upstream_of("empty", &empty)))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;
@@ -625,8 +628,8 @@ async fn timeouts_and_failures_are_502_503_504_without_internal_detail() {
 async fn websocket_upgrades_pass_through() {
     let a = start_upstream("a", Arc::default()).await;
     let discovery = StaticDiscovery::new([a.endpoint("a")]);
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream_of("ws", &discovery))
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream_of("ws", &discovery)))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;
@@ -719,8 +722,8 @@ async fn grpc_calls_and_streams_pass_through_with_trailers() {
         .protocol(UpstreamProtocol::Http2)
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/grpc.health.v1.Health"), upstream)
+    let table = Routes::builder()
+        .route(Route::prefix("/grpc.health.v1.Health").upstream(upstream))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;
@@ -803,12 +806,13 @@ async fn a_route_timeout_overrides_the_upstream_timeout() {
         .retries(RetryConfig::none())
         .build()
         .unwrap();
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/slow").timeout(Duration::from_millis(200)),
-            upstream.clone(),
+            Route::prefix("/slow")
+                .timeout(Duration::from_millis(200))
+                .upstream(upstream.clone()),
         )
-        .route(Route::prefix("/x"), upstream)
+        .route(Route::prefix("/x").upstream(upstream))
         .build()
         .unwrap();
     let gw = support_proxy::serve(table).await;

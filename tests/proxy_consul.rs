@@ -25,7 +25,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 use tower::ServiceExt;
 use tower_gateway::{
     discovery::consul::{ConsulClient, ConsulDiscoveryService},
-    proxy::{Proxy, Route, RouteTable, Upstream},
+    proxy::{Proxy, Upstream},
+    route::{Route, Routes},
 };
 
 /// An instance of the service: answers with its name; `kill` closes it.
@@ -93,8 +94,8 @@ async fn watcher(double: &ConsulDouble) -> ConsulDiscoveryService {
 fn proxy(orders: &ConsulDiscoveryService) -> Proxy {
     let upstream = Upstream::new("orders", orders.watch()).build().unwrap();
     Proxy::new(
-        &RouteTable::builder()
-            .route(Route::prefix("/"), upstream)
+        &Routes::builder()
+            .route(Route::prefix("/").upstream(upstream))
             .build()
             .unwrap(),
     )
@@ -247,7 +248,10 @@ async fn consul_down_keeps_traffic_on_the_last_known_set_and_changes_flow_when_i
     // that sees it, then every later one must.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while get(&proxy).await != (200, "c".into()) {
-        assert!(tokio::time::Instant::now() < deadline, "traffic never moved to c");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "traffic never moved to c"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for i in 0..50 {

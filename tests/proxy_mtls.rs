@@ -16,7 +16,8 @@ use tower::ServiceExt;
 use tower_gateway::{
     discovery::{Endpoint, StaticDiscovery},
     identity::Identity,
-    proxy::{Proxy, RetryConfig, Route, RouteTable, Upstream},
+    proxy::{Proxy, RetryConfig, Upstream},
+    route::{Route, Routes},
     tls::{self, MtlsAcceptor, MtlsClientConfig},
 };
 
@@ -84,8 +85,8 @@ async fn call_through_proxy(port: u16, client_config: &MtlsClientConfig) -> (u16
         .request_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream))
         .build()
         .unwrap();
     let proxy = Proxy::new(&table);

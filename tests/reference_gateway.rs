@@ -293,8 +293,10 @@ async fn the_reference_gateway_scrape_passes_promtool() {
     }
     let gw = Gateway::start(2).await;
     let user = gw.token("alice", "user").await;
-    for _ in 0..4 {}
+    let admin = gw.token("root", "admin").await;
     gw.call(Method::GET, "/orders", Some(&user), None).await;
+    // Past RBAC: the route's rate limit decides (and counts).
+    gw.call(Method::GET, "/orders", Some(&admin), None).await;
     gw.call(Method::GET, "/orders", None, None).await;
     gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
     gw.call(Method::GET, "/nope", None, None).await;

@@ -981,14 +981,14 @@ async fn counting_upstream() -> SocketAddr {
 async fn stalled_upload_through_the_proxy_is_408_not_an_upstream_failure() {
     use tower_gateway::{
         discovery::{Endpoint, StaticDiscovery},
-        proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream},
+        proxy::{Proxy, Upstream},
+        route::{Route, RouteLayer, Routes},
     };
     let upstream = counting_upstream().await;
     let discovery = StaticDiscovery::new([Endpoint::new("u1", "127.0.0.1", upstream.port())]);
-    let table = RouteTable::builder()
+    let table = Routes::builder()
         .route(
-            Route::prefix("/"),
-            Upstream::new("svc", discovery.watch()).build().unwrap(),
+            Route::prefix("/").upstream(Upstream::new("svc", discovery.watch()).build().unwrap()),
         )
         .build()
         .unwrap();

@@ -198,7 +198,8 @@ async fn xfcc_reaches_the_upstream_through_the_proxy() {
     use std::time::Duration;
     use tower_gateway::{
         discovery::{Endpoint, StaticDiscovery},
-        proxy::{Proxy, RetryConfig, Route, RouteTable, Upstream},
+        proxy::{Proxy, RetryConfig, Upstream},
+        route::{Route, Routes},
     };
 
     // The upstream: answers with the XFCC values it received.
@@ -225,8 +226,8 @@ async fn xfcc_reaches_the_upstream_through_the_proxy() {
         .request_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream)
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream))
         .build()
         .unwrap();
     let gateway = ServiceBuilder::new()

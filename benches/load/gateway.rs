@@ -34,9 +34,10 @@ use tower_gateway::{
     auth::{AuthMetrics, FailureBudget, Issuer, JwtAuthLayer, JwtKey},
     discovery::{Endpoint, StaticDiscovery},
     metrics::{GatewayMetrics, MetricsLayer},
-    proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream, UpstreamMetrics},
+    proxy::{Proxy, Upstream, UpstreamMetrics},
     ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer, RateLimitMetrics},
     rbac::{Policy, RbacLayer, RbacMetrics, Rule},
+    route::{Route, RouteLayer, Routes},
 };
 
 /// The HS256 secret, issuer and audience the tokens are minted with.
@@ -110,8 +111,8 @@ async fn run(
     if !mode.starts_with("proxy") {
         upstream = upstream.metrics(UpstreamMetrics::new(&metrics));
     }
-    let table = RouteTable::builder()
-        .route(Route::prefix("/"), upstream.build()?)
+    let table = Routes::builder()
+        .route(Route::prefix("/").upstream(upstream.build()?))
         .build()?;
     let listener = TcpListener::bind(listen).await?;
     println!("listening {}", listener.local_addr()?);

@@ -17,16 +17,15 @@ use tower_gateway::{
     auth::{AuthMetrics, FailureBudget, Issuer, JwtAuthLayer},
     circuit::CircuitConfig,
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
-    metrics::{GatewayMetrics, MetricsHandler, MetricsLayer},
+    metrics::{ConsumerMetricsLayer, GatewayMetrics, MetricsHandler, MetricsLayer},
     path::NormalizePathLayer,
-    proxy::{
-        Proxy, RequireRouteLayer, RetryConfig, Route, RouteLayer, RouteTable, Upstream,
-        UpstreamMetrics,
-    },
+    proxy::{Proxy, RetryConfig, Upstream, UpstreamMetrics, UpstreamService},
     ratelimit::{
-        ClientIp, Consumer, KeyExtractor, Limit, QuotaHeaders, RateLimitLayer, RateLimitMetrics,
+        ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer, RateLimitMetrics,
+        RouteRateLimitLayer,
     },
-    rbac::{Policy, RbacLayer, RbacMetrics, RoleHierarchy},
+    rbac::{RbacLayer, RbacMetrics, Requirement, RoleHierarchy},
+    route::{Route, RouteLayer, Routes},
     server::{self, Limits, ShutdownReport},
     tls::{self, MtlsClientConfig},
 };
@@ -129,14 +128,40 @@ impl Keep {
     }
 }
 
-/// The gateway's own policy: the union of the services' rules, checked
-/// before any request leaves the gateway.
-fn gateway_policy() -> Result<Policy, BoxError> {
-    Kind::policy(
-        [Kind::Orders, Kind::Payments, Kind::Inventory]
-            .into_iter()
-            .flat_map(Kind::rules),
-    )
+/// The gateway's routes to one service, each declared once: its match,
+/// its upstream, its roles per method (the services' own rules, checked
+/// again before a request leaves the gateway) and its rate limit.
+fn routes_of(kind: Kind, upstream: &UpstreamService, limit: &RateLimitLayer) -> Vec<Route> {
+    let route = |route: Route| route.upstream(upstream.clone()).rate_limit(limit);
+    match kind {
+        Kind::Orders => vec![
+            route(Route::exact("/orders").methods([Method::GET, Method::POST]))
+                .roles([Method::GET], ["admin"])
+                .roles([Method::POST], ["user"]),
+            route(
+                Route::prefix("/orders")
+                    .methods([Method::GET])
+                    .name("/orders/{id}"),
+            )
+            .roles([Method::GET], ["user"]),
+        ],
+        Kind::Payments => vec![
+            route(Route::exact("/payments").methods([Method::GET, Method::POST]))
+                .roles([Method::GET], ["admin"])
+                .roles([Method::POST], ["user"]),
+        ],
+        Kind::Inventory => vec![
+            route(Route::exact("/inventory").methods([Method::GET]))
+                .allow([Method::GET], Requirement::Authenticated),
+            route(
+                Route::prefix("/inventory")
+                    .methods([Method::GET, Method::PUT])
+                    .name("/inventory/{sku}"),
+            )
+            .allow([Method::GET], Requirement::Authenticated)
+            .roles([Method::PUT], ["admin"]),
+        ],
+    }
 }
 
 /// Where the gateway finds each service's instances.
@@ -218,7 +243,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     )?
     .offer_http2(false);
     let mut keep = Keep::default();
-    let mut table = RouteTable::builder();
+    let mut upstreams = Vec::new();
     let mut services = Vec::new();
     for (offset, kind) in [Kind::Orders, Kind::Payments, Kind::Inventory]
         .into_iter()
@@ -240,48 +265,11 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .circuit(CircuitConfig::default(), 0.5)
         .metrics(upstream_metrics.clone())
         .build()?;
-        let methods = match kind {
-            Kind::Orders | Kind::Payments => [Method::GET, Method::POST],
-            Kind::Inventory => [Method::GET, Method::PUT],
-        };
-        table = table.route(
-            Route::prefix(format!("/{}", kind.name())).methods(methods),
-            upstream,
-        );
+        upstreams.push((kind, upstream));
     }
-    let table = table.build()?;
 
-    #[allow(unused_mut)]
-    let mut auth = JwtAuthLayer::builder()
-        .issuer(
-            Issuer::new(issuer)
-                .audience(auth_server::AUDIENCE)
-                .oidc_discovery(),
-        )
-        // Tokenless requests reach RBAC: public routes pass, others get 401.
-        .allow_anonymous(true)
-        // The services may read who called from these headers; a client's own
-        // values are stripped first, so they cannot be forged.
-        .forward_subject(http::HeaderName::from_static("x-user-id"))
-        .forward_roles(http::HeaderName::from_static("x-user-roles"))
-        .metrics(AuthMetrics::new(&metrics));
-    if config.auth_failures_per_minute > 0 {
-        // Well above what a NAT full of clients with stale tokens produces,
-        // far below what signature-forging needs.
-        // Refusals are held for a second: a flood from a spent address
-        // slows to one token per connection per second.
-        auth = auth.failure_budget(
-            FailureBudget::new(config.auth_failures_per_minute, Duration::from_secs(60))
-                .tarpit(Duration::from_secs(1)),
-        );
-    }
-    let auth = auth.build()?;
-    if !auth.wait_for_keys(Duration::from_secs(5)).await {
-        return Err("the auth server published no keys".into());
-    }
-    let rbac = RbacLayer::new(gateway_policy()?)
-        .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]))
-        .metrics(RbacMetrics::new(&metrics));
+    // One limit per consumer (per client IP for tokenless requests), on
+    // every route; admins get ten times as much.
     #[allow(unused_mut)]
     let mut limits = RateLimitLayer::builder()
         .key(Consumer::subject().or(ClientIp::peer()))
@@ -305,33 +293,74 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
             .on_backend_error(FailurePolicy::Local);
     }
     let limits = limits.build()?;
-    // Always in the stack (one type); with `per_ip_second == 0` its limit is
-    // out of reach and its headers are hidden, so it is effectively off.
-    let per_ip = RateLimitLayer::builder()
-        .key(ClientIp::peer())
-        .scope("ip")
-        .limit(Limit::new().per_second(match config.per_ip_second {
-            0 => 1_000_000,
-            n => n,
-        }))
-        .headers(QuotaHeaders::default().hidden(config.per_ip_second == 0))
-        .metrics(ratelimit_metrics)
+    let routes = upstreams
+        .iter()
+        .flat_map(|(kind, upstream)| routes_of(*kind, upstream, &limits))
+        .fold(
+            Routes::builder(),
+            tower_gateway::route::RoutesBuilder::route,
+        )
         .build()?;
+
+    #[allow(unused_mut)]
+    let mut auth = JwtAuthLayer::builder()
+        .issuer(
+            Issuer::new(issuer)
+                .audience(auth_server::AUDIENCE)
+                .oidc_discovery(),
+        )
+        // The services may read who called from these headers; a client's own
+        // values are stripped first, so they cannot be forged.
+        .forward_subject(http::HeaderName::from_static("x-user-id"))
+        .forward_roles(http::HeaderName::from_static("x-user-roles"))
+        .metrics(AuthMetrics::new(&metrics));
+    if config.auth_failures_per_minute > 0 {
+        // Well above what a NAT full of clients with stale tokens produces,
+        // far below what signature-forging needs.
+        // Refusals are held for a second: a flood from a spent address
+        // slows to one token per connection per second.
+        auth = auth.failure_budget(
+            FailureBudget::new(config.auth_failures_per_minute, Duration::from_secs(60))
+                .tarpit(Duration::from_secs(1)),
+        );
+    }
+    let auth = auth.build()?;
+    if !auth.wait_for_keys(Duration::from_secs(5)).await {
+        return Err("the auth server published no keys".into());
+    }
+    let rbac = RbacLayer::default()
+        .hierarchy(RoleHierarchy::new().inherit("admin", ["user"]))
+        .metrics(RbacMetrics::new(&metrics));
+    // Before authentication, per client IP: caps floods of anonymous or
+    // invalid-token requests, which the per-consumer limit never sees
+    // because authentication refuses them first. Left out when off.
+    let per_ip = match config.per_ip_second {
+        0 => None,
+        n => Some(
+            RateLimitLayer::builder()
+                .key(ClientIp::peer())
+                .scope("ip")
+                .limit(Limit::new().per_second(n))
+                .metrics(ratelimit_metrics)
+                .build()?,
+        ),
+    };
 
     let gateway = ServiceBuilder::new()
         // The services run on frameworks that may percent-decode a path
         // twice; `%252e` would be `.` there. No route of ours carries a
         // literal `%`, so strict mode costs nothing legitimate.
         .layer(NormalizePathLayer::new().reject_double_encoding(true))
-        .layer(RouteLayer::new(&table))
+        // Matched once; unknown routes are 404 (405, 400) for everyone,
+        // as in Kong, and counted as `unmatched`.
+        .layer(RouteLayer::new(&routes).metrics(&metrics))
         .layer(MetricsLayer::new(&metrics))
-        // Unknown routes are 404 (405, 400) for everyone, as in Kong.
-        .layer(RequireRouteLayer::new(&table))
-        .layer(per_ip)
+        .option_layer(per_ip)
         .layer(auth)
+        .layer(ConsumerMetricsLayer::new(&metrics))
         .layer(rbac)
-        .layer(limits)
-        .service(Proxy::new(&table));
+        .layer(RouteRateLimitLayer::new())
+        .service(Proxy::new(&routes));
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route_service("/metrics", MetricsHandler::new(&metrics))

@@ -7,8 +7,8 @@ use std::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, header};
 use tower_service::Service;
 
-use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
 use super::AuthMode;
+use super::{AuthError, ResponseFuture, layer::Shared, verifier::VerifyFailure};
 use crate::{
     client_addr::ResolvedClient, identity::Identity, reject::RequestHead, route::MatchedRoute,
 };

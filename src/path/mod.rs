@@ -43,8 +43,8 @@ mod layer;
 
 #[cfg(any(feature = "rbac", feature = "proxy"))]
 pub(crate) use layer::apply;
-pub(crate) use layer::{path_rejection, rewrite_path};
 pub use layer::{NormalizePath, NormalizePathLayer};
+pub(crate) use layer::{path_rejection, rewrite_path};
 
 use std::{borrow::Cow, fmt};
 

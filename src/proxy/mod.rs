@@ -1,12 +1,11 @@
 //! Reverse proxy: routing, load balancing, timeouts, retries.
 //!
-//! - A [`RouteTable`] maps (host, path prefix on segment boundaries,
-//!   methods) to an [`UpstreamService`], deciding on the crate's one
-//!   [normalized path](crate::path); no route is 404, a method mismatch 405
-//!   with `Allow`. A [`RouteLayer`] placed early records the match and the
-//!   [`RouteTemplate`](crate::route::RouteTemplate) so metrics, RBAC and rate
-//!   limits see the route; the [`Proxy`] reads that match instead of
-//!   matching again.
+//! - Each [`Route`](crate::route::Route) names its upstream
+//!   ([`Route::upstream`](crate::route::Route::upstream)), and may set its
+//!   own timeout, retries and prefix stripping. The [`Proxy`] forwards a
+//!   request to the upstream of the route a
+//!   [`RouteLayer`](crate::route::RouteLayer) matched — or matches it itself
+//!   when no such layer runs before it; either way once.
 //! - An [`Upstream`] spreads requests over the endpoints of an
 //!   [`EndpointWatch`](crate::discovery::EndpointWatch) (Consul or static)
 //!   with a [`Balancer`]: power of two choices over requests in flight
@@ -57,16 +56,17 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use tower::ServiceBuilder;
 //! use tower_gateway::discovery::{Endpoint, StaticDiscovery};
-//! use tower_gateway::proxy::{Proxy, Route, RouteLayer, RouteTable, Upstream};
+//! use tower_gateway::proxy::{Proxy, Upstream};
+//! use tower_gateway::route::{Route, RouteLayer, Routes};
 //!
 //! let orders = StaticDiscovery::new([Endpoint::new("orders-1", "127.0.0.1", 3001)]);
-//! let table = RouteTable::builder()
-//!     .route(Route::prefix("/orders"), Upstream::new("orders", orders.watch()).build()?)
+//! let routes = Routes::builder()
+//!     .route(Route::prefix("/orders").upstream(Upstream::new("orders", orders.watch()).build()?))
 //!     .build()?;
 //! let gateway = ServiceBuilder::new()
-//!     .layer(RouteLayer::new(&table))
+//!     .layer(RouteLayer::new(&routes))
 //!     // metrics, auth, RBAC, rate limits go here
-//!     .service(Proxy::new(&table));
+//!     .service(Proxy::new(&routes));
 //! # Ok(()) }
 //! ```
 

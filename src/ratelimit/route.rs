@@ -44,8 +44,8 @@ impl Route {
     ///
     /// let per_consumer = RateLimitLayer::builder()
     ///     .key(Consumer::subject())
-    ///     .limit(Limit::per_minute(60))
-    ///     .tier("premium", Limit::per_minute(600))
+    ///     .limit(Limit::new().per_minute(60))
+    ///     .tier("premium", Limit::new().per_minute(600))
     ///     .scope("payments")
     ///     .build()?;
     /// let payments = Route::prefix("/payments").rate_limit(&per_consumer);

@@ -9,14 +9,14 @@ use tower_service::Service;
 
 use super::{
     metrics::RuleDenials,
-    route::{ANY_PATH, RouteRoles},
     policy::{Decision, Policy, RoleHierarchy, Rule},
+    route::{ANY_PATH, RouteRoles},
 };
 use crate::{
-    route::MatchedRoute,
     identity::{Identity, RoleSource},
     path,
     reject::{Rejection, RequestHead, ResponseFuture},
+    route::MatchedRoute,
 };
 
 /// Authorizes requests by role with a [`Policy`] (see the [module

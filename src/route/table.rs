@@ -22,6 +22,7 @@ use crate::{
 #[derive(Clone)]
 pub struct Route {
     prefix: String,
+    exact: bool,
     host: Option<String>,
     methods: Vec<Method>,
     name: Option<String>,
@@ -45,10 +46,29 @@ impl Route {
     pub fn prefix(prefix: impl Into<String>) -> Self {
         Self {
             prefix: prefix.into(),
+            exact: false,
             host: None,
             methods: Vec::new(),
             name: None,
             settings: Extensions::new(),
+        }
+    }
+
+    /// Requests whose normalized path is exactly `path` (a trailing `/`
+    /// aside): `/orders` takes `/orders` and `/orders/`, not `/orders/7`. An
+    /// exact route wins over a prefix route of the same path.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_gateway::route::Route;
+    ///
+    /// let list = Route::exact("/orders").methods([Method::GET]);
+    /// let items = Route::prefix("/orders").methods([Method::GET]).name("/orders/{id}");
+    /// ```
+    pub fn exact(path: impl Into<String>) -> Self {
+        Self {
+            exact: true,
+            ..Self::prefix(path)
         }
     }
 
@@ -217,6 +237,7 @@ impl RoutesBuilder {
             if let Some(first) = entries.iter().find(|e| {
                 let other = e.route();
                 other.prefix == route.prefix
+                    && other.exact == route.exact
                     && other.host == route.host
                     && (other.methods.is_empty()
                         || other.methods.iter().any(|m| route.methods.contains(m))
@@ -294,7 +315,7 @@ impl Routes {
     /// Matches a request whose path is already normalized.
     fn find<B>(&self, request: &Request<B>, path: &str) -> Found {
         let host = host_of(request);
-        let mut best: Option<(usize, (bool, usize))> = None;
+        let mut best: Option<(usize, (bool, usize, bool))> = None;
         let mut path_matched = false;
         for (index, entry) in self.entries.iter().enumerate() {
             let route = entry.route();
@@ -303,14 +324,14 @@ impl Routes {
             {
                 continue;
             }
-            if !prefix_matches(&route.prefix, path) {
+            if !path_matches(route, path) {
                 continue;
             }
             path_matched = true;
             if !route.methods.is_empty() && !method_allowed(&route.methods, request.method()) {
                 continue;
             }
-            let rank = (route.host.is_some(), route.prefix.len());
+            let rank = (route.host.is_some(), route.prefix.len(), route.exact);
             if best.is_none_or(|(_, r)| rank > r) {
                 best = Some((index, rank));
             }
@@ -333,7 +354,7 @@ impl Routes {
                 .host
                 .as_deref()
                 .is_none_or(|pattern| host_matches(pattern, host));
-            if host_ok && prefix_matches(&route.prefix, path) {
+            if host_ok && path_matches(route, path) {
                 allow.extend(route.methods.iter().map(Method::as_str));
                 if route.methods.contains(&Method::GET) {
                     allow.push("HEAD");
@@ -381,6 +402,18 @@ fn method_allowed(methods: &[Method], method: &Method) -> bool {
     methods.contains(method) || (*method == Method::HEAD && methods.contains(&Method::GET))
 }
 
+fn path_matches(route: &Route, path: &str) -> bool {
+    if route.exact {
+        let path = path
+            .strip_suffix('/')
+            .filter(|p| !p.is_empty())
+            .unwrap_or(path);
+        path == route.prefix
+    } else {
+        prefix_matches(&route.prefix, path)
+    }
+}
+
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
         || path == prefix
@@ -404,6 +437,36 @@ mod tests {
     }
 
     #[test]
+    fn exact_routes_take_only_their_path_and_win_over_prefixes() {
+        let routes = Routes::builder()
+            .route(Route::prefix("/orders").name("items"))
+            .route(Route::exact("/orders").name("list"))
+            .build()
+            .unwrap();
+        for (path, name) in [
+            ("/orders", "list"),
+            ("/orders/", "list"),
+            ("/orders/7", "items"),
+        ] {
+            let mut request = Request::get(path).body(()).unwrap();
+            assert_eq!(
+                routes.resolve(&mut request).unwrap().template().as_str(),
+                name,
+                "{path}"
+            );
+        }
+        let root = Routes::builder().route(Route::exact("/")).build().unwrap();
+        assert!(
+            root.resolve(&mut Request::get("/").body(()).unwrap())
+                .is_ok()
+        );
+        assert!(
+            root.resolve(&mut Request::get("/x").body(()).unwrap())
+                .is_err()
+        );
+    }
+
+    #[test]
     fn duplicate_routes_are_refused() {
         let error = Routes::builder()
             .route(Route::prefix("/orders").methods([Method::GET]))
@@ -423,17 +486,30 @@ mod tests {
         let routes = Routes::builder()
             .route(Route::prefix("/").name("root"))
             .route(Route::prefix("/orders").methods([Method::GET]))
-            .route(Route::prefix("/orders").methods([Method::POST]).name("create"))
+            .route(
+                Route::prefix("/orders")
+                    .methods([Method::POST])
+                    .name("create"),
+            )
             .route(Route::prefix("/pay").methods([Method::POST]))
             .build()
             .unwrap();
         let mut get = Request::get("/orders/7").body(()).unwrap();
-        assert_eq!(routes.resolve(&mut get).unwrap().template().as_str(), "/orders");
+        assert_eq!(
+            routes.resolve(&mut get).unwrap().template().as_str(),
+            "/orders"
+        );
         let mut post = Request::post("/orders").body(()).unwrap();
-        assert_eq!(routes.resolve(&mut post).unwrap().template().as_str(), "create");
+        assert_eq!(
+            routes.resolve(&mut post).unwrap().template().as_str(),
+            "create"
+        );
         let mut delete = Request::delete("/orders").body(()).unwrap();
         // The root route takes every method.
-        assert_eq!(routes.resolve(&mut delete).unwrap().template().as_str(), "root");
+        assert_eq!(
+            routes.resolve(&mut delete).unwrap().template().as_str(),
+            "root"
+        );
         let routes = Routes::builder()
             .route(Route::prefix("/orders").methods([Method::GET]))
             .route(Route::prefix("/orders").methods([Method::POST]))

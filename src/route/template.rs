@@ -1,4 +1,3 @@
-
 use std::sync::Arc;
 
 /// The template of the route a request matched (`/orders/{id}`, never the

@@ -5,12 +5,15 @@ use std::{future::IntoFuture, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_gateway::proxy::{Proxy, Route, RouteLayer, RouteTable, UpstreamService};
+use tower_gateway::{
+    proxy::{Proxy, UpstreamService},
+    route::{Route, RouteLayer, Routes},
+};
 
 /// Serves `table` through `RouteLayer` and `Proxy` on a free loopback port,
 /// with the library server (HTTP/1.1 and HTTP/2, upgrades, the edge layer,
 /// `ClientAddr` on every request).
-pub async fn serve(table: Arc<RouteTable>) -> SocketAddr {
+pub async fn serve(table: Arc<Routes>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = ServiceBuilder::new()
@@ -23,8 +26,8 @@ pub async fn serve(table: Arc<RouteTable>) -> SocketAddr {
 /// Serves one upstream for every path.
 pub async fn serve_one(upstream: UpstreamService) -> SocketAddr {
     serve(
-        RouteTable::builder()
-            .route(Route::prefix("/"), upstream)
+        Routes::builder()
+            .route(Route::prefix("/").upstream(upstream))
             .build()
             .unwrap(),
     )

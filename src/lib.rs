@@ -77,6 +77,8 @@ pub mod circuit;
 pub mod client;
 pub mod client_addr;
 pub mod connection;
+#[cfg_attr(not(any(feature = "jwks", feature = "discovery")), allow(dead_code))]
+mod deferred;
 #[cfg(feature = "discovery")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;

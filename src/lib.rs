@@ -46,6 +46,40 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Construction
+//!
+//! Every layer is built the same way, in one of two shapes:
+//!
+//! - A layer whose settings cannot be invalid is `Layer::new(required)`
+//!   plus chained setters: [`RbacLayer::new(policy)`](RbacLayer::new),
+//!   [`CircuitBreakerLayer::new(name, config)`](CircuitBreakerLayer::new),
+//!   `MetricsLayer::new(&metrics)`, `ClientAddrLayer::new(proxies)`,
+//!   `RenderLayer::new()`, `EdgeLayer::new()`.
+//! - A layer whose settings can be invalid is `Layer::builder()`, setters,
+//!   then `.build()?`, which checks everything at once and returns the
+//!   module's typed error: [`JwtAuthLayer::builder()`](JwtAuthLayer::builder)
+//!   ([`JwtConfigError`](auth::JwtConfigError)),
+//!   `RateLimitLayer::builder()` (`RateLimitError`).
+//!
+//! What a layer is configured with follows the same two shapes (`Policy`,
+//! `RouteTable`, `ConsulClient` have builders; `Limit`, `Issuer`,
+//! `CircuitConfig` are plain values; `proxy::Upstream::new(name, watch)`
+//! takes its required arguments and is checked by `build()?`). A handle the
+//! caller keeps using — a metrics registry, reloading certificates, the
+//! route table that `RouteLayer` and `Proxy` share — is passed by
+//! reference, and the layer keeps a clone.
+//!
+//! Building needs no Tokio runtime, so a stack can be assembled before the
+//! runtime that serves it exists. Background work (JWKS refreshes, an
+//! upstream following discovery, a Consul watch, a lazily connected Redis
+//! backend) starts with the first use inside a runtime — the first
+//! request, or the first call of an `async` helper such as
+//! `JwtAuthLayer::wait_for_keys` — and from then on a request pays one
+//! atomic load for it. What needs the runtime is what you `.await`
+//! (`RedisBackend::connect`, Consul registration and Connect
+//! certificates, serving) and `ReloadingCertificates::watch`, which spawns
+//! its poller at once and hands back its `JoinHandle`.
+//!
 //! # Cargo features
 //!
 //! | feature | default | enables |
@@ -77,6 +111,11 @@ pub mod circuit;
 pub mod client;
 pub mod client_addr;
 pub mod connection;
+#[cfg_attr(
+    not(any(feature = "jwks", feature = "consul", feature = "proxy")),
+    allow(dead_code)
+)]
+mod deferred;
 #[cfg(feature = "discovery")]
 #[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 pub mod discovery;

@@ -923,3 +923,24 @@ async fn real_agent_registers_watches_and_deregisters() {
     assert!(!none.stale);
     service.stop();
 }
+
+/// A watch made before any runtime exists starts its query loop the first
+/// time it is read inside one.
+#[test]
+fn watch_made_outside_a_runtime_starts_when_first_read_inside_one() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let double = runtime.block_on(ConsulDouble::start());
+    double.register(json!({"ID": "orders-1", "Name": "orders", "Port": 3001}));
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let orders = client(&double).watch("orders").spawn().unwrap();
+    let watch = orders.watch();
+    assert!(watch.current().stale, "answered before any runtime ran");
+    runtime.block_on(async {
+        assert!(orders.wait_for_sync(LONG).await, "the watch never started");
+        assert_eq!(ids(&watch.current()), ["orders-1"]);
+        assert!(double.last_health_request("orders").is_some());
+    });
+}

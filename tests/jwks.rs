@@ -1135,3 +1135,34 @@ async fn wait_for_keys_waits_for_the_jwks_even_beside_a_static_key() {
     gw.expect_ok(&token(&rsa1(), Algorithm::RS256, "k1"), "k1 once loaded")
         .await;
 }
+
+/// A JWKS layer is built before any runtime exists (in a plain `main`,
+/// say); its refresh task starts with the first use inside one.
+#[test]
+fn jwks_layer_builds_outside_a_runtime_and_refreshes_once_served() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(AuthServer::start(jwks(&[jwk(
+        &rsa1(),
+        Algorithm::RS256,
+        "k1",
+    )])));
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let layer = jwks_layer(issuer_for(&server), JwksOptions::default());
+    // Used outside a runtime: nothing to spawn on, nothing panics.
+    assert!(
+        layer
+            .verify(&token(&rsa1(), Algorithm::RS256, "k1"))
+            .is_err()
+    );
+    assert_eq!(server.hits(), 0, "fetched before the layer was served");
+    runtime.block_on(async {
+        let gw = Gateway::new(layer);
+        gw.expect_ok(&token(&rsa1(), Algorithm::RS256, "k1"), "first request")
+            .await;
+        assert!(gw.fetches() >= 1);
+    });
+}

@@ -827,3 +827,47 @@ async fn a_route_timeout_overrides_the_upstream_timeout() {
     );
     assert_eq!(get(gw, "/x").await.0, 200);
 }
+
+/// An upstream is built before any runtime exists; discovery changes made
+/// before it is served are applied by its first request.
+#[test]
+fn upstream_builds_outside_a_runtime_and_follows_discovery_once_served() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = runtime.block_on(start_upstream("a", Arc::default()));
+    let b = runtime.block_on(start_upstream("b", Arc::default()));
+    let discovery = StaticDiscovery::new([a.endpoint("a")]);
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let upstream = upstream_of("svc", &discovery);
+    // Published before the upstream serves: its first request sees it.
+    discovery.set([b.endpoint("b")]);
+    runtime.block_on(async {
+        let gw = support_proxy::serve_one(upstream).await;
+        for i in 0..5 {
+            let (s, _, body) = get(gw, "/x").await;
+            assert_eq!(
+                (s, json(&body)["name"].as_str()),
+                (StatusCode::OK, Some("b")),
+                "request {i}"
+            );
+        }
+        // Later changes are followed in the background.
+        discovery.set([a.endpoint("a")]);
+        let mut last = String::new();
+        for _ in 0..100 {
+            let (_, _, body) = get(gw, "/x").await;
+            last = json(&body)["name"].as_str().unwrap_or_default().to_owned();
+            if last == "a" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            last, "a",
+            "a change after the first request was not applied"
+        );
+    });
+}

@@ -616,3 +616,36 @@ async fn ratelimit_local_and_redis_send_the_same_headers() {
         }
     }
 }
+
+/// A lazily connected backend and its layer are built before any runtime
+/// exists; the first decision connects, inside the runtime that serves it.
+#[test]
+fn ratelimit_redis_lazy_backend_builds_outside_a_runtime() {
+    if !redis_available() {
+        return;
+    }
+    let server = RedisServer::start();
+    assert!(tokio::runtime::Handle::try_current().is_err());
+    let layer = RateLimitLayer::builder()
+        .key(api_key())
+        .limit(Limit::new().per_hour(2))
+        .redis(RedisBackend::connect_lazy(&server.url(), config()).unwrap())
+        .build()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let gw = gateway(layer);
+        assert_eq!(send(&gw, "carol").await.status(), StatusCode::OK);
+        assert_eq!(send(&gw, "carol").await.status(), StatusCode::OK);
+        assert_eq!(
+            send(&gw, "carol").await.status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "the limit was not enforced through redis"
+        );
+    });
+    assert!(server.command_calls("evalsha") + server.command_calls("eval") >= 3);
+}

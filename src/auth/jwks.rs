@@ -1,6 +1,7 @@
 //! Keeping an issuer's JWKS current, off the request path.
 //!
-//! One background task per JWKS polls the document on an interval and on
+//! One background task per JWKS, started by the layer's first use inside a
+//! Tokio runtime, polls the document on an interval and on
 //! demand (a token names an unknown `kid`, or its signature fails under a
 //! known `kid`, whose key may have been rotated in place), with a minimum
 //! interval between fetches so that tokens with random `kid`s or forged
@@ -22,7 +23,7 @@ use tokio::{
 };
 
 use super::{keys::parse_jwks, store::KeyStore};
-use crate::client::HttpFetcher;
+use crate::{client::HttpFetcher, deferred::DeferredTask};
 
 /// Where an issuer publishes its keys.
 #[derive(Debug, Clone)]
@@ -197,17 +198,19 @@ impl Refresher {
     }
 }
 
-/// Starts the refresher task of one issuer. The task holds only a weak
-/// reference to the store and ends when the layer is dropped.
-pub(crate) fn spawn(
+/// Makes the refresher of one issuer. Its task is deferred: it is spawned
+/// by the first use of the layer inside a Tokio runtime (see
+/// [`DeferredTask`]), so building the layer needs no runtime. The task
+/// holds only a weak reference to the store and ends when the layer is
+/// dropped.
+pub(crate) fn refresher(
     issuer: String,
     location: JwksLocation,
     store: &Arc<KeyStore>,
     fetcher: HttpFetcher,
     options: JwksOptions,
-    runtime: &tokio::runtime::Handle,
     metrics: Option<&super::metrics::AuthMetrics>,
-) -> Arc<Refresher> {
+) -> (Arc<Refresher>, DeferredTask) {
     let (updated, _) = watch::channel(None);
     let refresher = Arc::new(Refresher {
         notify: Notify::new(),
@@ -231,8 +234,7 @@ pub(crate) fn spawn(
         fetcher,
         refresher: refresher.clone(),
     };
-    runtime.spawn(task.run());
-    refresher
+    (refresher, DeferredTask::new(move || task.run()))
 }
 
 struct Task {

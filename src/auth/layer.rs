@@ -56,10 +56,6 @@ pub enum JwtConfigError {
     /// Two issuers share the same `iss` (or two are `Issuer::any()`).
     #[error("issuer {0:?} is configured twice")]
     DuplicateIssuer(String),
-    /// A JWKS needs a Tokio runtime to refresh in; `build()` was called
-    /// outside one.
-    #[error("a JWKS issuer needs a Tokio runtime: call build() inside one")]
-    NoRuntime,
     /// jsonwebtoken's process-wide crypto provider does not work: with both
     /// of its backends compiled in (feature `aws-lc`), something used
     /// jsonwebtoken before this crate could install one. Call
@@ -377,8 +373,10 @@ impl JwtAuthBuilder {
         self
     }
 
-    /// Checks the configuration and builds the layer. With a JWKS issuer this
-    /// starts its refresh task, so it must run inside a Tokio runtime.
+    /// Checks the configuration and builds the layer. Needs no Tokio
+    /// runtime: the refresh task of a JWKS issuer starts with the layer's
+    /// first use inside one (the first request, [`JwtAuthLayer::verify`]
+    /// or [`JwtAuthLayer::wait_for_keys`]).
     pub fn build(self) -> Result<JwtAuthLayer, JwtConfigError> {
         if self.issuers.is_empty() {
             return Err(JwtConfigError::NoIssuer);
@@ -405,14 +403,7 @@ impl JwtAuthBuilder {
         }
         #[cfg(feature = "jwks")]
         let jwks = if self.issuers.iter().any(|i| i.jwks.is_some()) {
-            let runtime =
-                tokio::runtime::Handle::try_current().map_err(|_| JwtConfigError::NoRuntime)?;
-            Some((
-                self.http.build()?,
-                self.jwks_options,
-                runtime,
-                self.metrics.clone(),
-            ))
+            Some((self.http.build()?, self.jwks_options, self.metrics.clone()))
         } else {
             None
         };

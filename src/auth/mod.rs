@@ -58,11 +58,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! With a JWKS (Keycloak, Auth0, ...), built inside a Tokio runtime:
+//! With a JWKS (Keycloak, Auth0, ...). Building needs no runtime: the
+//! refresh task starts with the layer's first use inside one, here
+//! `wait_for_keys`:
 //!
 //! ```no_run
 //! # #[cfg(feature = "jwks")]
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::time::Duration;
 //! use tower_gateway::auth::{Issuer, JwksOptions, JwtAuthLayer};
 //!
@@ -70,8 +72,11 @@
 //!     .issuer(Issuer::new("https://sso.example.com/realms/shop").oidc_discovery())
 //!     .jwks_options(JwksOptions::default().refresh_interval(Duration::from_secs(300)))
 //!     .build()?;
-//! auth.wait_for_keys(Duration::from_secs(10)).await;
+//! let runtime = tokio::runtime::Runtime::new()?;
+//! runtime.block_on(auth.wait_for_keys(Duration::from_secs(10)));
 //! # Ok(()) }
+//! # #[cfg(not(feature = "jwks"))]
+//! # fn main() {}
 //! ```
 
 mod budget;

@@ -32,6 +32,9 @@ struct IssuerState {
     store: Arc<KeyStore>,
     #[cfg(feature = "jwks")]
     refresher: Option<Arc<super::jwks::Refresher>>,
+    /// The refresher's task, spawned by the first use inside a runtime.
+    #[cfg(feature = "jwks")]
+    background: Option<crate::deferred::DeferredTask>,
 }
 
 /// A token that was verified before, remembered by the SHA-256 of the token
@@ -123,14 +126,16 @@ pub(crate) fn unix_now() -> u64 {
 }
 
 impl Verifier {
-    /// Builds the verifier; JWKS refreshers are started on `runtime`.
+    /// Builds the verifier. JWKS refreshers are made now, and their tasks
+    /// spawned by the first [`verify`](Self::verify) or
+    /// [`has_keys`](Self::has_keys) inside a Tokio runtime: building needs
+    /// no runtime.
     pub(crate) fn new(
         issuers: Vec<Issuer>,
         settings: Settings,
         #[cfg(feature = "jwks")] jwks: Option<(
             crate::client::HttpFetcher,
             super::jwks::JwksOptions,
-            tokio::runtime::Handle,
             Option<super::metrics::AuthMetrics>,
         )>,
     ) -> Self {
@@ -143,25 +148,27 @@ impl Verifier {
                     issuer.keys.clone(),
                 ));
                 #[cfg(feature = "jwks")]
-                let refresher = match (&issuer.jwks, &jwks) {
-                    (Some(location), Some((fetcher, options, runtime, metrics))) => {
-                        Some(super::jwks::spawn(
+                let (refresher, background) = match (&issuer.jwks, &jwks) {
+                    (Some(location), Some((fetcher, options, metrics))) => {
+                        let (refresher, task) = super::jwks::refresher(
                             issuer.iss.clone().unwrap_or_default(),
                             location.clone(),
                             &store,
                             fetcher.clone(),
                             *options,
-                            runtime,
                             metrics.as_ref(),
-                        ))
+                        );
+                        (Some(refresher), Some(task))
                     }
-                    _ => None,
+                    _ => (None, None),
                 };
                 IssuerState {
                     iss: issuer.iss,
                     store,
                     #[cfg(feature = "jwks")]
                     refresher,
+                    #[cfg(feature = "jwks")]
+                    background,
                 }
             })
             .collect();
@@ -178,6 +185,18 @@ impl Verifier {
         }
     }
 
+    /// Spawns the JWKS refreshers on their first call inside a Tokio
+    /// runtime; after that, one atomic load per JWKS issuer.
+    #[inline]
+    fn start_refreshers(&self) {
+        #[cfg(feature = "jwks")]
+        for issuer in &self.issuers {
+            if let Some(task) = &issuer.background {
+                task.start();
+            }
+        }
+    }
+
     /// The refreshers, for readiness checks and counters.
     #[cfg(feature = "jwks")]
     pub(crate) fn refreshers(&self) -> impl Iterator<Item = &Arc<super::jwks::Refresher>> {
@@ -189,6 +208,7 @@ impl Verifier {
     /// tokens the provider issues are signed with the published keys), and
     /// it holds at least one key.
     pub(crate) fn has_keys(&self) -> bool {
+        self.start_refreshers();
         self.issuers.iter().all(|i| {
             #[cfg(feature = "jwks")]
             if i.refresher.as_ref().is_some_and(|r| !r.loaded()) {
@@ -204,6 +224,7 @@ impl Verifier {
     /// come from the verified-token cache, failed ones from the negative
     /// cache, with the same error as the first time.
     pub(crate) fn verify(&self, token: &str) -> Result<Identity, VerifyFailure> {
+        self.start_refreshers();
         if token.len() > self.settings.max_token_len {
             return Err(AuthError::TooLarge.into());
         }

@@ -11,6 +11,7 @@ use tokio::{sync::watch, time::Instant};
 use tower::discover::Change;
 
 use super::Endpoint;
+use crate::deferred::DeferredTask;
 
 /// The healthy endpoints of one service at one moment.
 #[derive(Debug, Clone)]
@@ -45,24 +46,49 @@ impl Snapshot {
 /// A shared view of one service's endpoints, kept current by one watcher
 /// (a Consul blocking-query loop, or a static list) and read by any number
 /// of balancers and observers.
+///
+/// A watcher that runs as a background task (Consul) starts the first time
+/// its watch is read inside a Tokio runtime, so a watch can be made before
+/// the runtime that serves it.
 #[derive(Debug, Clone)]
 pub struct EndpointWatch {
     rx: watch::Receiver<Arc<Snapshot>>,
+    watcher: Option<Arc<DeferredTask>>,
 }
 
 impl EndpointWatch {
     /// Wraps a receiver that a watcher publishes snapshots to.
     pub fn new(rx: watch::Receiver<Arc<Snapshot>>) -> Self {
-        Self { rx }
+        Self { rx, watcher: None }
+    }
+
+    /// A watch whose watcher is a task that starts with the first read.
+    #[cfg_attr(not(feature = "consul"), allow(dead_code))]
+    pub(crate) fn deferred(rx: watch::Receiver<Arc<Snapshot>>, watcher: DeferredTask) -> Self {
+        Self {
+            rx,
+            watcher: Some(Arc::new(watcher)),
+        }
+    }
+
+    /// Starts the watcher's task if it has one and a Tokio runtime is
+    /// current; after the first time, one atomic load.
+    #[inline]
+    pub(crate) fn start(&self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.start();
+        }
     }
 
     /// The current snapshot.
     pub fn current(&self) -> Arc<Snapshot> {
+        self.start();
         self.rx.borrow().clone()
     }
 
     /// A receiver that changes with every new snapshot.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.start();
         self.rx.clone()
     }
 
@@ -71,9 +97,11 @@ impl EndpointWatch {
     /// then `Insert`/`Remove` as the set changes. An endpoint whose address
     /// or tags change is removed and inserted again.
     pub fn changes(&self) -> Changes {
+        self.start();
         let mut rx = self.rx.clone();
         rx.mark_changed();
         Changes {
+            watcher: self.watcher.clone(),
             rx,
             known: BTreeMap::new(),
             queue: VecDeque::new(),
@@ -88,6 +116,8 @@ type Changed =
 /// The [`Discover`](tower::discover::Discover) stream of an
 /// [`EndpointWatch`]; ends when the watcher stops.
 pub struct Changes {
+    /// Started at every poll, for a stream made outside a runtime.
+    watcher: Option<Arc<DeferredTask>>,
     rx: watch::Receiver<Arc<Snapshot>>,
     known: BTreeMap<String, Endpoint>,
     queue: VecDeque<Change<String, Endpoint>>,
@@ -129,6 +159,9 @@ impl Stream for Changes {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(watcher) = &this.watcher {
+            watcher.start();
+        }
         loop {
             if let Some(change) = this.queue.pop_front() {
                 return Poll::Ready(Some(Ok(change)));

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     circuit::{CircuitBreaker, CircuitConfig, Classify, EjectionGroup, Outcome, ServerErrors},
+    deferred::DeferredTask,
     discovery::{EndpointWatch, Snapshot},
     reject::{Rejection, RejectionKind, RequestHead},
 };
@@ -32,10 +33,6 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyError {
-    /// The upstream's discovery task needs a Tokio runtime; `build()` ran
-    /// outside one.
-    #[error("building an upstream needs a Tokio runtime")]
-    NoRuntime,
     /// The TLS configuration of the default connector was refused.
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
@@ -46,8 +43,8 @@ pub enum ProxyError {
 
 /// Configures one upstream service (see the [module documentation](super)).
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), tower_gateway::proxy::ProxyError> {
+/// ```
+/// # fn main() -> Result<(), tower_gateway::proxy::ProxyError> {
 /// use std::time::Duration;
 /// use tower_gateway::discovery::{Endpoint, StaticDiscovery};
 /// use tower_gateway::proxy::{Balancer, RetryConfig, Upstream};
@@ -183,10 +180,10 @@ impl Upstream {
         self
     }
 
-    /// Builds the service and starts the task that follows discovery (needs
-    /// a Tokio runtime).
+    /// Builds the service. Needs no Tokio runtime: the task that follows
+    /// discovery starts with the first request (inside the runtime that
+    /// serves it), and catches up on whatever discovery published since.
     pub fn build(self) -> Result<UpstreamService, ProxyError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ProxyError::NoRuntime)?;
         let (connector, scheme) = match self.connector {
             Some(connector) => (connector, Scheme::HTTPS),
             None => (
@@ -204,18 +201,30 @@ impl Upstream {
             group: EjectionGroup::new(self.max_ejected_fraction),
             metrics: metrics.clone(),
         };
-        // The first set is in place before the first request; later ones
-        // are applied by the task as discovery publishes them, requests or
-        // not, and counted for metrics.
+        // The first set is in place before the first request. The first
+        // request starts the task (applying anything published meanwhile
+        // first, so it is routed on the current set); from then on the
+        // task applies sets as discovery publishes them, requests or not,
+        // and counts them for metrics.
         let mut updates = self.watch.subscribe();
         membership.apply(&endpoints, &updates.borrow_and_update());
         membership.count(endpoints.len());
         let follow = endpoints.clone();
-        runtime.spawn(async move {
-            while updates.changed().await.is_ok() {
+        let discovery = self.watch.clone();
+        let follower = DeferredTask::new(move || {
+            // The source's own task (a Consul watch) starts with ours.
+            discovery.start();
+            if updates.has_changed().unwrap_or(false) {
                 let snapshot = updates.borrow_and_update().clone();
                 membership.apply(&follow, &snapshot);
                 membership.count(follow.len());
+            }
+            async move {
+                while updates.changed().await.is_ok() {
+                    let snapshot = updates.borrow_and_update().clone();
+                    membership.apply(&follow, &snapshot);
+                    membership.count(follow.len());
+                }
             }
         });
         Ok(UpstreamService {
@@ -231,6 +240,7 @@ impl Upstream {
                 watch: self.watch,
                 name: self.name,
                 metrics,
+                follower,
             }),
         })
     }
@@ -308,6 +318,8 @@ struct Shared {
     watch: EndpointWatch,
     name: Arc<str>,
     metrics: Option<Resolved>,
+    /// The task that follows discovery, started by the first request.
+    follower: DeferredTask,
 }
 
 /// A balanced, retried, time-limited upstream; failures become 502, 503 or
@@ -350,6 +362,7 @@ impl UpstreamService {
         timeout: Duration,
         retries: Option<usize>,
     ) -> impl Future<Output = Response<UpstreamBody>> + Send + 'static {
+        self.shared.follower.start();
         let shared = self.shared.clone();
         let retries = retries.unwrap_or(shared.attempts);
         let head = Head::of(&request);

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, OnceLock, PoisonError,
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
@@ -216,16 +216,43 @@ struct Inner {
 
 #[derive(Clone)]
 enum Connection {
-    Single(ConnectionManager),
+    Single(Arc<LazyManager>),
     Cluster(ClusterConnection),
 }
 
 impl Connection {
     async fn query(&mut self, cmd: &Cmd) -> Result<Vec<i64>, RedisError> {
         match self {
-            Self::Single(c) => cmd.query_async(c).await,
+            Self::Single(lazy) => cmd.query_async(&mut lazy.manager()?).await,
             Self::Cluster(c) => cmd.query_async(c).await,
         }
+    }
+}
+
+/// A connection manager made by the first decision, inside the runtime
+/// that serves it: redis-rs spawns the manager's task when it is made, so
+/// making it at `connect_lazy` would need a runtime there.
+struct LazyManager {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    manager: OnceLock<ConnectionManager>,
+    making: Mutex<()>,
+}
+
+impl LazyManager {
+    /// The manager, made on the first call (inside a Tokio runtime);
+    /// after that, one atomic load and a clone of its handle.
+    fn manager(&self) -> Result<ConnectionManager, RedisError> {
+        if let Some(manager) = self.manager.get() {
+            return Ok(manager.clone());
+        }
+        let _making = self.making.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(manager) = self.manager.get() {
+            return Ok(manager.clone());
+        }
+        let manager =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+        Ok(self.manager.get_or_init(|| manager).clone())
     }
 }
 
@@ -260,8 +287,8 @@ impl RedisBackend {
     pub async fn connect(url: &str, config: RedisConfig) -> Result<Self, BackendError> {
         let backend = Self::connect_lazy(url, config)?;
         let wait = backend.inner.config.connect_timeout * 3;
-        if let Connection::Single(manager) = &backend.inner.connection {
-            let mut manager = manager.clone();
+        if let Connection::Single(lazy) = &backend.inner.connection {
+            let mut manager = lazy.manager()?;
             tokio::time::timeout(wait, redis::cmd("PING").query_async::<()>(&mut manager))
                 .await
                 .map_err(|_| BackendError::Timeout(wait))??;
@@ -271,7 +298,8 @@ impl RedisBackend {
 
     /// Connects to one Redis server on first use: the gateway starts even
     /// while Redis is down (the failure policy applies until it is up).
-    /// Must be called within a Tokio runtime.
+    /// Needs no Tokio runtime: the connection is made by the first
+    /// decision, inside the runtime that serves it.
     pub fn connect_lazy(url: &str, config: RedisConfig) -> Result<Self, BackendError> {
         validate(&config)?;
         let client = redis::Client::open(url)?;
@@ -283,8 +311,16 @@ impl RedisBackend {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let manager = ConnectionManager::new_lazy_with_config(client, manager_config)?;
-        Ok(Self::with_connection(Connection::Single(manager), config))
+        let lazy = LazyManager {
+            client,
+            config: manager_config,
+            manager: OnceLock::new(),
+            making: Mutex::new(()),
+        };
+        Ok(Self::with_connection(
+            Connection::Single(Arc::new(lazy)),
+            config,
+        ))
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`

@@ -33,6 +33,7 @@ use tokio::{sync::watch, time::Instant};
 use tower::discover::Change;
 
 use super::api::{ConsulClient, ConsulError, Query, parse_health, path_segment, status_error};
+use crate::deferred::DeferredTask;
 use crate::discovery::{
     Changes, DiscoveryMetrics, Endpoint, EndpointWatch, ServiceMetrics, Snapshot,
 };
@@ -155,11 +156,14 @@ impl ConsulWatchBuilder {
         self
     }
 
-    /// Starts the watcher on the current Tokio runtime.
+    /// Makes the watch. Needs no Tokio runtime: called inside one, it
+    /// starts the query loop at once; called outside, the loop starts the
+    /// first time the watch is read inside one — the first request of a
+    /// proxy `Upstream` built on it, the first poll of its change stream,
+    /// [`wait_for_sync`](ConsulDiscoveryService::wait_for_sync).
     ///
     /// Until Consul's first answer the set is empty and marked stale.
     pub fn spawn(self) -> Result<ConsulDiscoveryService, ConsulError> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ConsulError::NoRuntime)?;
         let mut query = Query::default();
         query.push("passing", "true");
         if let Some(dc) = self.datacenter.as_deref().or(self.client.datacenter()) {
@@ -196,9 +200,8 @@ impl ConsulWatchBuilder {
             tx,
             control: control.clone(),
         };
-        runtime.spawn(watcher.run());
         Ok(ConsulDiscoveryService::from_parts(
-            EndpointWatch::new(rx),
+            EndpointWatch::deferred(rx, DeferredTask::new(move || watcher.run())),
             control,
         ))
     }

@@ -62,7 +62,7 @@
 //!   `RateLimitLayer::builder()` (`RateLimitError`).
 //!
 //! What a layer is configured with follows the same two shapes (`Policy`,
-//! `RouteTable`, `ConsulClient` have builders; `Limit`, `Issuer`,
+//! `Routes`, `ConsulClient` have builders; `Limit`, `Issuer`,
 //! `CircuitConfig` are plain values; `proxy::Upstream::new(name, watch)`
 //! takes its required arguments and is checked by `build()?`). A handle the
 //! caller keeps using — a metrics registry, reloading certificates, the
@@ -79,6 +79,21 @@
 //! (`RedisBackend::connect`, Consul registration and Connect
 //! certificates, serving) and `ReloadingCertificates::watch`, which spawns
 //! its poller at once and hands back its `JoinHandle`.
+//!
+//! # A gateway of routes, in 40 lines
+//!
+//! Each route is declared once — its match, its upstream, its
+//! authentication mode, its roles per method, its rate limits — and each
+//! request is matched once, by [`RouteLayer`](route::RouteLayer); every
+//! layer after it reads the matched route's settings (see [`route`]).
+//! Refusals are rendered once, by the server (see [`reject`]), so any layer
+//! can be left out with `option_layer`. This is `examples/three_routes`;
+//! `tests/composition.rs` drives it over real sockets.
+//!
+//! ```no_run
+#![doc = include_str!("../examples/three_routes/gateway.rs")]
+//! # fn main() {}
+//! ```
 //!
 //! # Cargo features
 //!

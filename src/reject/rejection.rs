@@ -92,8 +92,13 @@ pub struct Rejection {
     kind: RejectionKind,
     code: &'static str,
     detail: Cow<'static, str>,
-    headers: HeaderMap,
+    // Boxed, and only when there are headers: most refusals carry none, and
+    // a small `Rejection` keeps every `Result<_, Rejection>` small.
+    headers: Option<Box<HeaderMap>>,
 }
+
+/// What [`Rejection::headers`] returns for a rejection without headers.
+static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
 impl Rejection {
     /// A rejection of the given kind.
@@ -106,7 +111,7 @@ impl Rejection {
             kind,
             code,
             detail: detail.into(),
-            headers: HeaderMap::new(),
+            headers: None,
         }
     }
 
@@ -145,7 +150,7 @@ impl Rejection {
             detail,
         );
         if let Ok(value) = HeaderValue::from_str(&challenge) {
-            rejection.headers.insert(header::WWW_AUTHENTICATE, value);
+            rejection = rejection.with_header(header::WWW_AUTHENTICATE, value);
         }
         rejection
     }
@@ -170,7 +175,7 @@ impl Rejection {
 
     /// Adds a header the response must carry (`Retry-After`, `Allow`, ...).
     pub fn with_header(mut self, name: http::HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers.get_or_insert_default().append(name, value);
         self
     }
 
@@ -196,7 +201,7 @@ impl Rejection {
 
     /// Headers the response must carry.
     pub fn headers(&self) -> &HeaderMap {
-        &self.headers
+        self.headers.as_deref().unwrap_or(&NO_HEADERS)
     }
 }
 

@@ -255,10 +255,10 @@ impl RoutesBuilder {
 }
 
 /// Where a request landed in the table.
-enum Found {
+enum Landed {
     Route(usize),
-    MethodNotAllowed(HeaderValue),
-    NotFound,
+    WrongMethod(HeaderValue),
+    Nowhere,
 }
 
 impl Routes {
@@ -293,18 +293,18 @@ impl Routes {
             Err(error) => return Err(path::path_rejection(error)),
         };
         match found {
-            Found::Route(index) => {
+            Landed::Route(index) => {
                 let matched = self.entries[index].clone();
                 request.extensions_mut().insert(matched.clone());
                 Ok(matched)
             }
-            Found::MethodNotAllowed(allow) => Err(Rejection::new(
+            Landed::WrongMethod(allow) => Err(Rejection::new(
                 RejectionKind::MethodNotAllowed,
                 "method_not_allowed",
                 "method not allowed",
             )
             .with_header(header::ALLOW, allow)),
-            Found::NotFound => Err(Rejection::new(
+            Landed::Nowhere => Err(Rejection::new(
                 RejectionKind::NotFound,
                 "no_route",
                 "no route",
@@ -313,7 +313,7 @@ impl Routes {
     }
 
     /// Matches a request whose path is already normalized.
-    fn find<B>(&self, request: &Request<B>, path: &str) -> Found {
+    fn find<B>(&self, request: &Request<B>, path: &str) -> Landed {
         let host = host_of(request);
         let mut best: Option<(usize, (bool, usize, bool))> = None;
         let mut path_matched = false;
@@ -337,9 +337,9 @@ impl Routes {
             }
         }
         match best {
-            Some((index, _)) => Found::Route(index),
-            None if path_matched => Found::MethodNotAllowed(self.allow(request, path)),
-            None => Found::NotFound,
+            Some((index, _)) => Landed::Route(index),
+            None if path_matched => Landed::WrongMethod(self.allow(request, path)),
+            None => Landed::Nowhere,
         }
     }
 

@@ -219,3 +219,82 @@ async fn the_per_ip_limit_applies_when_on_and_is_left_out_when_off() {
         );
     }
 }
+
+/// Every layer that decides (route matching, client address, path, auth,
+/// RBAC, both rate limiters, the breaker) keeps its inner service's
+/// response and error types, so each one can be left out with
+/// `option_layer`: this stack compiles only because of that, and serves
+/// the same way whichever layers are present.
+#[tokio::test]
+async fn every_deciding_layer_can_be_left_out() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use tower_gateway::{
+        auth::{Issuer, JwtAuthLayer, JwtKey},
+        circuit::{CircuitBreakerLayer, CircuitConfig},
+        client_addr::{ClientAddrLayer, TrustedProxies},
+        path::NormalizePathLayer,
+        ratelimit::{ClientIp, Limit, RateLimitLayer, RouteRateLimitLayer},
+        rbac::RbacLayer,
+        reject::RenderLayer,
+        route::{Route, RouteLayer, Routes},
+    };
+
+    let routes = Routes::builder()
+        .route(Route::prefix("/public").auth(tower_gateway::auth::AuthMode::None))
+        .build()
+        .unwrap();
+    for on in [false, true] {
+        let auth = JwtAuthLayer::builder()
+            .issuer(Issuer::new("https://example.com").key(JwtKey::hmac(SECRET)))
+            .build()
+            .unwrap();
+        let per_ip = RateLimitLayer::builder()
+            .key(ClientIp::peer())
+            .limit(Limit::new().per_second(1000))
+            .build()
+            .unwrap();
+        let svc = ServiceBuilder::new()
+            .layer(RenderLayer::new())
+            .option_layer(on.then(|| ClientAddrLayer::new(TrustedProxies::none())))
+            .option_layer(on.then(NormalizePathLayer::new))
+            .option_layer(on.then(|| RouteLayer::new(&routes)))
+            .option_layer(on.then_some(per_ip))
+            .option_layer(on.then_some(auth))
+            .option_layer(on.then(RbacLayer::default))
+            .option_layer(on.then(RouteRateLimitLayer::new))
+            .option_layer(on.then(|| CircuitBreakerLayer::new("app", CircuitConfig::default())))
+            .service_fn(|request: Request<String>| async move {
+                let body = format!("{} {}", request.method(), request.uri().path());
+                Ok::<_, std::convert::Infallible>(http::Response::new(body))
+            });
+        let mut request = Request::get("/public/a/../b").body(String::new()).unwrap();
+        request
+            .extensions_mut()
+            .insert(tower_gateway::connection::ClientAddr(
+                "127.0.0.1:1".parse().unwrap(),
+            ));
+        let response = svc.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let expected = if on {
+            "GET /public/b"
+        } else {
+            "GET /public/a/../b"
+        };
+        assert_eq!(body, expected);
+        // With the route layer on, an unknown path is refused (rendered by
+        // the one render step); with every layer off, it is served.
+        let response = svc
+            .oneshot(Request::get("/nope").body(String::new()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            if on {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::OK
+            }
+        );
+    }
+}

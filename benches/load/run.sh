@@ -22,6 +22,10 @@
 #   BIG_N    idle connections for the large RSS figure    [10000]
 #   TOKENS_N distinct tokens for target (e)             [50000]
 #   NO_BUILD 1: use the binaries already built          [0]
+#   BASE_GATEWAY  another build of load_gateway (say, of the previous
+#            release) for targets cB and dB: (c) and (d) as that build
+#            runs them, measured in the same rounds, so a change's cost
+#            reads as a same-run ratio                           []
 #   CORE_PROXY / CORE_LOAD  the two cores               [0 / 1]
 #   PERF     a target to profile with `perf record -g` under load after
 #            the rounds (e.g. PERF=c), written to PERF_OUT [perf.<t>.data]
@@ -183,8 +187,10 @@ DESC[e]="full stack, cache-miss tokens"
 DESC[h]="(d) under a forged-token flood"
 DESC[f]="full stack, Redis limiter"
 DESC[g]="nginx proxy_pass"
+DESC[cB]="(c), BASE_GATEWAY build"
+DESC[dB]="(d), BASE_GATEWAY build"
 
-if has d || has e || has f || [[ $MEM == 1 ]]; then
+if has d || has dB || has e || has f || [[ $MEM == 1 ]]; then
     "$BIN/load_gateway" tokens "$TOKENS_N" "$TMP/tokens.txt"
     TOKEN=$(head -n1 "$TMP/tokens.txt")
 fi
@@ -281,8 +287,23 @@ EOF
     PID[g]=$LAST_PID
 fi
 
+if has cB || has dB; then
+    [[ -x ${BASE_GATEWAY:-} ]] || die "targets cB/dB need BASE_GATEWAY (a load_gateway binary)"
+fi
+if has cB; then
+    free_port PORT[cB]
+    start cB "$CORE_PROXY" "${PORT[cB]}" "$BASE_GATEWAY" proxy "127.0.0.1:${PORT[cB]}" "$UP"
+    PID[cB]=$LAST_PID
+fi
+if has dB; then
+    free_port PORT[dB]
+    start dB "$CORE_PROXY" "${PORT[dB]}" "$BASE_GATEWAY" full "127.0.0.1:${PORT[dB]}" "$UP"
+    PID[dB]=$LAST_PID
+    WRK_ARGS[dB]="-H|Authorization: Bearer $TOKEN"
+fi
+
 ORDER=()
-for t in a b b2 c c0 d e f g h; do has "$t" && ORDER+=("$t"); done
+for t in a b b2 c cB c0 d dB e f g h; do has "$t" && ORDER+=("$t"); done
 [[ ${#ORDER[@]} -gt 0 ]] || die "no targets"
 
 # --- load --------------------------------------------------------------------

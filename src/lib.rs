@@ -13,6 +13,7 @@
 //! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the client's address behind trusted proxies (`X-Forwarded-For`, `Forwarded`), resolved once for every layer |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
+//! | [`trace`] | [`TraceLayer`](trace::TraceLayer), [`RequestIdLayer`](trace::RequestIdLayer) | a server span per request with every layer's decision, client spans per upstream attempt, W3C trace context (OpenTelemetry with `otel`), request IDs |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
@@ -110,6 +111,7 @@
 //! | `tls` | yes | [`tls`]: mTLS servers and clients (rustls) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
 //! | `consul` | no | Consul discovery and registration |
+//! | `otel` | no | OpenTelemetry for [`trace`]: W3C trace context from clients and into upstream requests (tracing-opentelemetry) |
 //! | `server` | yes | [`server`]: the HTTP/1.1 and HTTP/2 server facing clients (hyper-util); `tls` implies it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -158,6 +160,7 @@ pub mod server;
 #[cfg(feature = "tls")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
 pub mod tls;
+pub mod trace;
 
 #[cfg(feature = "jwt")]
 pub use auth::JwtAuthLayer;

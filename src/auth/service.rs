@@ -62,6 +62,7 @@ where
         // header to the upstream.
         strip_identity_headers(&shared.stripped, request.headers_mut());
         if shared.preflight_passthrough && is_cors_preflight(&request) {
+            record("skipped", None);
             return ResponseFuture::inner(inner.call(request));
         }
 
@@ -71,7 +72,10 @@ where
             .get::<MatchedRoute>()
             .and_then(|route| route.setting::<AuthMode>().copied());
         let allow_anonymous = match mode {
-            Some(AuthMode::None) => return ResponseFuture::inner(inner.call(request)),
+            Some(AuthMode::None) => {
+                record("skipped", None);
+                return ResponseFuture::inner(inner.call(request));
+            }
             Some(AuthMode::Optional) => true,
             Some(AuthMode::Required) => false,
             None => shared.allow_anonymous,
@@ -85,6 +89,7 @@ where
         };
         let outcome = match (extracted, spent) {
             (Ok(None), _) if allow_anonymous => {
+                record("anonymous", None);
                 return ResponseFuture::inner(inner.call(request));
             }
             (Ok(None), _) => Err(Failure::Now(AuthError::Missing)),
@@ -229,8 +234,23 @@ fn admit<B>(
             request.headers_mut().insert(name.clone(), value);
         }
     }
+    record("authenticated", None);
+    if let Some(subject) = identity.subject() {
+        // Kept only by a span that declares the field (`TraceLayer::record_consumer`).
+        tracing::Span::current().record("enduser.id", subject);
+    }
     request.extensions_mut().insert(identity);
     Ok(())
+}
+
+/// Records the authentication result on the request's span (see
+/// [`crate::trace`]); a no-op on a span without the fields.
+fn record(result: &'static str, reason: Option<&'static str>) {
+    let span = tracing::Span::current();
+    span.record("gateway.auth.result", result);
+    if let Some(reason) = reason {
+        span.record("gateway.auth.reason", reason);
+    }
 }
 
 /// The time until the client's failure budget window closes, if the
@@ -258,6 +278,7 @@ where
         ledger.record_failure(ip);
     }
     tracing::debug!(target: "tower_gateway::auth", reason = error.reason(), client = ?client, "token refused");
+    record("rejected", Some(error.reason()));
     if let Some(metrics) = &shared.metrics {
         metrics.rejected(error.reason());
     }

@@ -251,7 +251,17 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match self.breaker.try_acquire() {
+        let acquired = self.breaker.try_acquire();
+        // The state the request met, on its span (see `crate::trace`).
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            let state = match &acquired {
+                Ok(_) => self.breaker.state(),
+                Err(_) => super::CircuitState::Open,
+            };
+            span.record("gateway.circuit.state", state.as_str());
+        }
+        match acquired {
             Ok(permit) => ResponseFuture {
                 kind: Kind::Called {
                     future: self.inner.call(request),

@@ -379,22 +379,24 @@ impl Shared {
         head: &RequestHead<'_>,
     ) -> Settled<B> {
         let tier = self.tier(tier);
-        let (decision, headers, outcome) = match decided {
+        let (decision, headers, outcome, limit) = match decided {
             Some(d) => {
                 let outcome = if d.allowed {
                     RateLimitOutcome::Allowed
                 } else {
                     RateLimitOutcome::Limited
                 };
-                (d, &tier.headers, outcome)
+                (d, &tier.headers, outcome, &tier.limit)
             }
             None => match (self.failure, &self.fallback) {
                 (FailurePolicy::Local, Some(fallback)) => (
                     fallback.check(key, &tier.fallback),
                     &tier.fallback_headers,
                     RateLimitOutcome::Fallback,
+                    &tier.fallback,
                 ),
                 (FailurePolicy::Deny, _) => {
+                    record_decision("failed_closed", None, false);
                     self.report(route, RateLimitOutcome::BackendError);
                     let rejection = Rejection::unavailable(
                         "ratelimit_unavailable",
@@ -404,11 +406,21 @@ impl Shared {
                     return Settled::Refuse(rejection.into_response(head));
                 }
                 _ => {
+                    record_decision("failed_open", None, false);
                     self.report(route, RateLimitOutcome::BackendError);
                     return Settled::Admit(Vec::new());
                 }
             },
         };
+        record_decision(
+            if decision.allowed {
+                "allowed"
+            } else {
+                "limited"
+            },
+            deciding_window(&decision, limit),
+            outcome == RateLimitOutcome::Fallback,
+        );
         self.report(route, outcome);
         let mut list = Vec::new();
         if decision.allowed {
@@ -442,4 +454,31 @@ impl Shared {
         );
         rejection.into_response(head)
     }
+}
+
+/// Records a decision on the request's span (see [`crate::trace`]); a
+/// no-op on a span without the fields.
+fn record_decision(decision: &'static str, window: Option<&str>, fallback: bool) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    span.record("gateway.ratelimit.decision", decision);
+    span.record("gateway.ratelimit.window", window);
+    span.record("gateway.ratelimit.fallback", fallback);
+}
+
+/// The name of the window that decided: the first that refused, or the one
+/// with the least quota left.
+fn deciding_window<'a>(decision: &Decision, limit: &'a Limit) -> Option<&'a str> {
+    let states = decision.windows();
+    let index = match decision.allowed {
+        false => states.iter().position(|w| w.remaining == 0),
+        true => states
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, w)| w.remaining)
+            .map(|(i, _)| i),
+    }?;
+    limit.windows().get(index).map(|w| w.name())
 }

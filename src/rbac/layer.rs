@@ -204,11 +204,25 @@ where
         };
         let (decision, matched) =
             policy.evaluate(request.method(), &normalized, roles, &shared.hierarchy);
+        let span = tracing::Span::current();
         if decision == Decision::Allow {
+            if !span.is_disabled() {
+                span.record("gateway.rbac.rule", policy.label(matched));
+                span.record("gateway.rbac.outcome", "allowed");
+            }
             return ResponseFuture::inner(self.inner.call(request));
         }
         policy.count_denial(matched);
         let rule = policy.label(matched);
+        span.record("gateway.rbac.rule", rule);
+        span.record(
+            "gateway.rbac.outcome",
+            if shared.shadow {
+                "shadow_denied"
+            } else {
+                "denied"
+            },
+        );
         match route_roles {
             #[cfg(feature = "metrics")]
             Some(route_roles) => {

@@ -488,6 +488,7 @@ async fn attempts(
                 if retry(&mut attempt, &mut body, again) {
                     continue;
                 }
+                tracing::Span::current().record("gateway.circuit.state", "open");
                 let secs = refused.retry_after.as_secs_f64().ceil() as u64;
                 return Err(Rejection::unavailable(
                     "circuit_open",
@@ -496,6 +497,7 @@ async fn attempts(
                 ));
             }
         };
+        let span = attempt_span(shared, &endpoint, &method, attempt);
         let in_flight = endpoint.start();
         let stream = endpoint.open_stream();
         let Some(sent) = dispatch(
@@ -505,12 +507,14 @@ async fn attempts(
             &mut parts,
             &mut body,
             more,
+            &span,
         ) else {
             return Err(upstream_failed("upstream_failed"));
         };
         let started = Instant::now();
-        let result = sent.await;
+        let result = tracing::Instrument::instrument(sent, span.clone()).await;
         let elapsed = started.elapsed();
+        record_outcome(&span, &result);
         drop(in_flight);
         if let Some(metrics) = &shared.metrics {
             metrics.latency.record(elapsed);
@@ -578,6 +582,7 @@ async fn attempts(
 /// retry still has it (extensions stay behind: nothing upstream reads
 /// them). A plain function, so that the request under construction takes
 /// no room in the per-request future, which is boxed.
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     shared: &Shared,
     endpoint: &EndpointState,
@@ -585,6 +590,7 @@ fn dispatch(
     parts: &mut Option<http::request::Parts>,
     body: &mut Option<SendBody>,
     more: bool,
+    span: &tracing::Span,
 ) -> Option<hyper_util::client::legacy::ResponseFuture> {
     let head = match (&*parts, more) {
         (Some(parts), true) => copy_head(parts),
@@ -592,7 +598,67 @@ fn dispatch(
     };
     let mut request = Request::from_parts(head, body.take()?);
     set_target(&mut request, shared, endpoint);
+    // The upstream continues the trace under this attempt.
+    #[cfg(feature = "otel")]
+    crate::trace::inject(span, request.headers_mut());
+    #[cfg(not(feature = "otel"))]
+    let _ = span;
     Some(shared.clients[lane].request(request))
+}
+
+/// The client span of one attempt (see [`crate::trace`]), a child of the
+/// request's span. Its fields are computed only if a subscriber records it.
+fn attempt_span(
+    shared: &Shared,
+    endpoint: &EndpointState,
+    method: &Method,
+    attempt: usize,
+) -> tracing::Span {
+    tracing::info_span!(
+        target: "tower_gateway::proxy",
+        "upstream",
+        otel.name = %method,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %method,
+        server.address = endpoint.authority.host(),
+        server.port = endpoint.authority.port_u16(),
+        // OpenTelemetry HTTP semantic conventions: set on resends only.
+        http.request.resend_count = (attempt > 0).then_some(attempt),
+        gateway.upstream = &*shared.name,
+        gateway.endpoint = endpoint.id.as_str(),
+        gateway.circuit.state = endpoint.breaker.state().as_str(),
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// Records what one attempt came to on its span.
+fn record_outcome<T>(
+    span: &tracing::Span,
+    result: &Result<Response<T>, hyper_util::client::legacy::Error>,
+) {
+    if span.is_disabled() {
+        return;
+    }
+    match result {
+        Ok(response) => {
+            span.record("http.response.status_code", response.status().as_u16());
+            if response.status().is_server_error() {
+                span.record("error.type", response.status().as_str());
+                span.record("otel.status_code", "error");
+            }
+        }
+        Err(error) => {
+            let kind = match Failure::of(error) {
+                Failure::Connect => "connect",
+                Failure::Upstream => "upstream",
+                Failure::ClientBody | Failure::ClientBodyTimeout => "client_body",
+            };
+            span.record("error.type", kind);
+            span.record("otel.status_code", "error");
+        }
+    }
 }
 
 fn upstream_failed(code: &'static str) -> Rejection {
@@ -649,6 +715,8 @@ pub(crate) struct Head {
     uri: Uri,
     /// Only the content type: it decides between HTTP and gRPC rendering.
     content_type: Option<http::HeaderValue>,
+    /// And the request ID, which problem documents carry.
+    request_id: Option<http::HeaderValue>,
 }
 
 impl Head {
@@ -657,6 +725,7 @@ impl Head {
             method: request.method().clone(),
             uri: request.uri().clone(),
             content_type: request.headers().get(header::CONTENT_TYPE).cloned(),
+            request_id: request.headers().get(crate::trace::REQUEST_ID).cloned(),
         }
     }
 
@@ -665,6 +734,9 @@ impl Head {
         let mut headers = HeaderMap::new();
         if let Some(content_type) = &self.content_type {
             headers.insert(header::CONTENT_TYPE, content_type.clone());
+        }
+        if let Some(id) = &self.request_id {
+            headers.insert(crate::trace::REQUEST_ID, id.clone());
         }
         rejection.into_response(&RequestHead::new(&self.method, &self.uri, &headers))
     }

@@ -3,6 +3,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
 use super::{Rejection, RenderRejection, RequestHead, grpc};
+use crate::trace::{REQUEST_ID, RequestId};
 
 /// The default renderer: RFC 9457 problem JSON for HTTP, trailers-only
 /// `grpc-status` responses for gRPC.
@@ -15,7 +16,9 @@ use super::{Rejection, RenderRejection, RequestHead, grpc};
 /// ```
 ///
 /// `type` is `about:blank`, so per RFC 9457 §4.2.1 `title` is the status
-/// phrase; `code` is an extension member carrying [`Rejection::code`].
+/// phrase; `code` is an extension member carrying [`Rejection::code`], and
+/// `request_id` another, carrying the request's `x-request-id` when it has
+/// a valid one (see [`RequestIdLayer`](crate::trace::RequestIdLayer)).
 ///
 /// gRPC: HTTP 200, `content-type: application/grpc`, `grpc-status` and a
 /// percent-encoded `grpc-message`, no body ("Trailers-Only" in the gRPC over
@@ -30,6 +33,8 @@ struct Problem<'a> {
     status: u16,
     detail: &'a str,
     code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 impl RenderRejection for ProblemJson {
@@ -53,12 +58,18 @@ impl RenderRejection for ProblemJson {
             response
         } else {
             let status = rejection.status();
+            // Only an ID fit to echo: bounded, visible ASCII.
+            let request_id = request
+                .headers
+                .get(REQUEST_ID)
+                .and_then(RequestId::from_client);
             let problem = Problem {
                 r#type: "about:blank",
                 title: status.canonical_reason().unwrap_or("Error"),
                 status: status.as_u16(),
                 detail: rejection.detail(),
                 code: rejection.code(),
+                request_id: request_id.as_ref().map(RequestId::as_str),
             };
             // Serializing a struct of strings and integers cannot fail.
             let body = serde_json::to_vec(&problem).unwrap_or_default();
@@ -102,6 +113,18 @@ mod tests {
         assert_eq!(v["status"], 401);
         assert_eq!(v["title"], "Unauthorized");
         assert_eq!(v["code"], "invalid_token");
+        assert!(v.get("request_id").is_none());
+    }
+
+    #[test]
+    fn problem_json_carries_the_request_id() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        let uri = Uri::from_static("/orders");
+        let head = RequestHead::new(&Method::GET, &uri, &headers);
+        let resp = ProblemJson.render(&Rejection::forbidden("no"), &head);
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(v["request_id"], "abc-123");
     }
 
     #[test]

@@ -622,9 +622,10 @@ fn attempt_span(
         otel.status_code = tracing::field::Empty,
         http.request.method = %method,
         server.address = endpoint.authority.host(),
-        server.port = endpoint.authority.port_u16(),
+        // Integers as `i64`: `tracing-opentelemetry` records a `u64` as a string.
+        server.port = endpoint.authority.port_u16().map(i64::from),
         // OpenTelemetry HTTP semantic conventions: set on resends only.
-        http.request.resend_count = (attempt > 0).then_some(attempt),
+        http.request.resend_count = (attempt > 0).then(|| attempt as i64),
         gateway.upstream = &*shared.name,
         gateway.endpoint = endpoint.id.as_str(),
         gateway.circuit.state = endpoint.breaker.state().as_str(),
@@ -643,7 +644,10 @@ fn record_outcome<T>(
     }
     match result {
         Ok(response) => {
-            span.record("http.response.status_code", response.status().as_u16());
+            span.record(
+                "http.response.status_code",
+                i64::from(response.status().as_u16()),
+            );
             if response.status().is_server_error() {
                 span.record("error.type", response.status().as_str());
                 span.record("otel.status_code", "error");

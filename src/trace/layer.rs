@@ -172,7 +172,8 @@ fn version(version: http::Version) -> Option<&'static str> {
     })
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+/// Integers as `i64`: `tracing-opentelemetry` records a `u64` as a string.
+fn content_length(headers: &HeaderMap) -> Option<i64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -249,9 +250,9 @@ where
             Ok(response) => {
                 let status = response.status();
                 this.span
-                    .record("http.response.status_code", status.as_u16());
+                    .record("http.response.status_code", i64::from(status.as_u16()));
                 let size = content_length(response.headers())
-                    .or_else(|| response.body().size_hint().exact());
+                    .or_else(|| i64::try_from(response.body().size_hint().exact()?).ok());
                 this.span.record("http.response.body.size", size);
                 if let Some(rejection) = crate::reject::rejection(response) {
                     this.span.record("gateway.rejection", rejection.code());

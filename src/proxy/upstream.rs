@@ -625,7 +625,7 @@ fn attempt_span(
         // Integers as `i64`: `tracing-opentelemetry` records a `u64` as a string.
         server.port = endpoint.authority.port_u16().map(i64::from),
         // OpenTelemetry HTTP semantic conventions: set on resends only.
-        http.request.resend_count = (attempt > 0).then(|| attempt as i64),
+        http.request.resend_count = (attempt > 0).then_some(attempt as i64),
         gateway.upstream = &*shared.name,
         gateway.endpoint = endpoint.id.as_str(),
         gateway.circuit.state = endpoint.breaker.state().as_str(),

@@ -11,14 +11,18 @@
 //! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
 //! | [`metrics`] | [`MetricsLayer`] | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the client's address behind trusted proxies (`X-Forwarded-For`, `Forwarded`), resolved once for every layer |
+//! | [`route`] | [`RouteLayer`](route::RouteLayer) | routes declared once (match, upstream, auth mode, roles, limits, timeouts); each request matched once, 404/405 in one place |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
+//! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the one client address behind trusted proxies, for limits, logs and the auth failure budget |
+//! | [`reject`] | [`RenderLayer`](reject::RenderLayer) | refusals rendered once per stack: problem JSON, RFC 6750 challenges, gRPC trailers-only |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
-//! the client address behind trusted proxies ([`client_addr`]), the
-//! rejection model ([`reject`]: RFC 9457 problem JSON, RFC 6750 challenges,
-//! gRPC status), and the path normalization ([`path`]).
+//! the matched route ([`route::MatchedRoute`]), the client address behind
+//! trusted proxies ([`client_addr`]), the rejection model ([`reject`]: RFC
+//! 9457 problem JSON, RFC 6750 challenges, gRPC status), and the path
+//! normalization ([`path`]).
 //!
 //! # Example
 //!
@@ -38,6 +42,7 @@
 //!     .build()?;
 //!
 //! let svc = ServiceBuilder::new()
+//!     .layer(tower_gateway::reject::RenderLayer::new()) // renders refusals, once
 //!     .layer(auth)
 //!     .layer(RbacLayer::new(policy))
 //!     .service_fn(|_req: http::Request<String>| async {

@@ -13,7 +13,6 @@
 //! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the client's address behind trusted proxies (`X-Forwarded-For`, `Forwarded`), resolved once for every layer |
 //! | [`route`] | [`RouteLayer`](route::RouteLayer) | routes declared once (match, upstream, auth mode, roles, limits, timeouts); each request matched once, 404/405 in one place |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
-//! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the one client address behind trusted proxies, for limits, logs and the auth failure budget |
 //! | [`reject`] | [`RenderLayer`](reject::RenderLayer) | refusals rendered once per stack: problem JSON, RFC 6750 challenges, gRPC trailers-only |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |

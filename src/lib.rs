@@ -14,6 +14,7 @@
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
+//! | [`access_log`] | [`AccessLogLayer`](access_log::AccessLogLayer) | a structured access log: one `tracing` event per request (route, status, duration, bytes, upstream, trace ID) |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
 //! the client address behind trusted proxies ([`client_addr`]), the
@@ -110,6 +111,7 @@
 //! | `tls` | yes | [`tls`]: mTLS servers and clients (rustls) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
 //! | `consul` | no | Consul discovery and registration |
+//! | `otel` | no | OpenTelemetry trace IDs (tracing-opentelemetry) in the [`access_log`] and as exemplars of the latency histogram in [`metrics`] |
 //! | `server` | yes | [`server`]: the HTTP/1.1 and HTTP/2 server facing clients (hyper-util); `tls` implies it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -117,6 +119,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod access_log;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod auth;

@@ -59,16 +59,16 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> Result<T, app::BoxError>
     }
 }
 
+/// The tracing layer that turns spans into OpenTelemetry spans.
+#[cfg(feature = "otel")]
+type OtelLayer<S> =
+    tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>;
+
 /// The OTLP exporter and the tracing layer that feeds it, when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or its traces-only variant) is set.
 #[cfg(feature = "otel")]
-fn otlp<S>() -> Result<
-    Option<(
-        tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>,
-        opentelemetry_sdk::trace::SdkTracerProvider,
-    )>,
-    app::BoxError,
->
+fn otlp<S>()
+-> Result<Option<(OtelLayer<S>, opentelemetry_sdk::trace::SdkTracerProvider)>, app::BoxError>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {

@@ -16,6 +16,7 @@
 //! | [`reject`] | [`RenderLayer`](reject::RenderLayer) | refusals rendered once per stack: problem JSON, RFC 6750 challenges, gRPC trailers-only |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
+//! | [`access_log`] | [`AccessLogLayer`](access_log::AccessLogLayer) | a structured access log: one `tracing` event per request (route, status, duration, bytes, upstream, trace ID) |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
 //! the matched route ([`route::MatchedRoute`]), the client address behind
@@ -114,6 +115,7 @@
 //! | `tls` | yes | [`tls`]: mTLS servers and clients (rustls) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
 //! | `consul` | no | Consul discovery and registration |
+//! | `otel` | no | OpenTelemetry trace IDs (tracing-opentelemetry) in the [`access_log`] and as exemplars of the latency histogram in [`metrics`] |
 //! | `server` | yes | [`server`]: the HTTP/1.1 and HTTP/2 server facing clients (hyper-util); `tls` implies it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -121,6 +123,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod access_log;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod auth;

@@ -11,15 +11,19 @@
 //! | [`ratelimit`] | [`RateLimitLayer`] | rate limiting per consumer, IP, header or route: local GCRA or shared through Redis (single node or Cluster) |
 //! | [`metrics`] | [`MetricsLayer`] | Prometheus/OpenMetrics metrics and the `/metrics` handler |
 //! | [`client_addr`] | [`ClientAddrLayer`](client_addr::ClientAddrLayer) | the client's address behind trusted proxies (`X-Forwarded-For`, `Forwarded`), resolved once for every layer |
+//! | [`route`] | [`RouteLayer`](route::RouteLayer) | routes declared once (match, upstream, auth mode, roles, limits, timeouts); each request matched once, 404/405 in one place |
 //! | [`path`] | [`NormalizePathLayer`](path::NormalizePathLayer) | the one path normalization that routing and RBAC share |
+//! | [`reject`] | [`RenderLayer`](reject::RenderLayer) | refusals rendered once per stack: problem JSON, RFC 6750 challenges, gRPC trailers-only |
 //! | [`server`] | [`EdgeLayer`](server::EdgeLayer) | the HTTP/1.1 and HTTP/2 server facing clients: timeouts for every wait a client can cause, connection caps, graceful shutdown, edge hygiene |
 //! | [`trace`] | [`TraceLayer`](trace::TraceLayer), [`RequestIdLayer`](trace::RequestIdLayer) | a server span per request with every layer's decision, client spans per upstream attempt, W3C trace context (OpenTelemetry with `otel`), request IDs |
 //! | [`tls`] | [`PeerIdentityLayer`](tls::PeerIdentityLayer) | mTLS: client certificates verified against a private CA, the peer as [`Identity`], reloading certificates, the upstream mTLS connector |
+//! | [`access_log`] | [`AccessLogLayer`](access_log::AccessLogLayer) | a structured access log: one `tracing` event per request (route, status, duration, bytes, upstream, trace ID) |
 //!
 //! Cross-cutting types live once: the verified caller ([`identity::Identity`]),
-//! the client address behind trusted proxies ([`client_addr`]), the
-//! rejection model ([`reject`]: RFC 9457 problem JSON, RFC 6750 challenges,
-//! gRPC status), and the path normalization ([`path`]).
+//! the matched route ([`route::MatchedRoute`]), the client address behind
+//! trusted proxies ([`client_addr`]), the rejection model ([`reject`]: RFC
+//! 9457 problem JSON, RFC 6750 challenges, gRPC status), and the path
+//! normalization ([`path`]).
 //!
 //! # Example
 //!
@@ -39,6 +43,7 @@
 //!     .build()?;
 //!
 //! let svc = ServiceBuilder::new()
+//!     .layer(tower_gateway::reject::RenderLayer::new()) // renders refusals, once
 //!     .layer(auth)
 //!     .layer(RbacLayer::new(policy))
 //!     .service_fn(|_req: http::Request<String>| async {
@@ -111,7 +116,7 @@
 //! | `tls` | yes | [`tls`]: mTLS servers and clients (rustls) |
 //! | `redis` | no | the Redis backend of [`ratelimit`] (single node and Cluster) |
 //! | `consul` | no | Consul discovery and registration |
-//! | `otel` | no | OpenTelemetry for [`trace`]: W3C trace context from clients and into upstream requests (tracing-opentelemetry) |
+//! | `otel` | no | OpenTelemetry (tracing-opentelemetry): W3C trace context from clients and into upstream requests for [`trace`]; trace IDs in the [`access_log`] and as exemplars of the latency histogram in [`metrics`] |
 //! | `server` | yes | [`server`]: the HTTP/1.1 and HTTP/2 server facing clients (hyper-util); `tls` implies it |
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -119,6 +124,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub)]
 
+pub mod access_log;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod auth;

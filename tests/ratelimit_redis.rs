@@ -649,3 +649,85 @@ fn ratelimit_redis_lazy_backend_builds_outside_a_runtime() {
     });
     assert!(server.command_calls("evalsha") + server.command_calls("eval") >= 3);
 }
+
+/// Per-route limits (`Route::rate_limit`, `RouteRateLimitLayer`) with a
+/// Redis limit first: the decision waits for Redis, then the route's second
+/// (local) limit decides, then the inner service is called; a route
+/// without limits is not limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_limits_wait_for_redis_then_apply_the_next_limit() {
+    if !redis_available() {
+        return;
+    }
+    use tower_gateway::{
+        ratelimit::RouteRateLimitLayer,
+        route::{Route, RouteLayer, Routes},
+    };
+    let server = RedisServer::start();
+    let shared = RateLimitLayer::builder()
+        .key(api_key())
+        .limit(Limit::new().per_hour(3))
+        .scope("orders-shared")
+        .redis(backend(&server, config()).await)
+        .build()
+        .unwrap();
+    let local = RateLimitLayer::builder()
+        .key(api_key())
+        .limit(Limit::new().per_hour(100))
+        .scope("orders-local")
+        .build()
+        .unwrap();
+    let routes = Routes::builder()
+        .route(
+            Route::prefix("/orders")
+                .rate_limit(&shared)
+                .rate_limit(&local),
+        )
+        .route(Route::prefix("/health"))
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(RenderLayer::new())
+        .layer(RouteLayer::new(&routes))
+        .layer(RouteRateLimitLayer::new())
+        .service(service_fn(|_req: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::from("ok")))
+        }));
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(send(&svc, "k1").await.status());
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // The admitted responses carry the quota headers of the last limit that
+    // admitted them (the local one: 100 per hour).
+    let other = send(&svc, "k2").await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert!(
+        other.headers().contains_key("ratelimit-policy")
+            || other.headers().contains_key("ratelimit"),
+        "{:?}",
+        other.headers()
+    );
+    for _ in 0..10 {
+        let response = svc
+            .clone()
+            .oneshot(
+                Request::get("/health")
+                    .header("x-api-key", "k1")
+                    .body(String::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}

@@ -6,6 +6,8 @@
 //! load_gateway proxy      <listen-addr> <upstream-addr>               # (c)
 //! load_gateway full       <listen-addr> <upstream-addr>               # (d), (e)
 //! load_gateway full-redis <listen-addr> <upstream-addr> <redis-url>   # (f)
+//! load_gateway full-traced    <listen-addr> <upstream-addr>           # (d_ts)
+//! load_gateway full-unsampled <listen-addr> <upstream-addr>           # (d_tu)
 //! load_gateway tokens     <count> <file>    # HS256 tokens, one per line
 //! ```
 //!
@@ -17,6 +19,12 @@
 //! - `full-redis`: `full` with the limiter on Redis (`RedisRateLimitLayer`);
 //!   a Redis failure answers 503 so a broken setup cannot pass for a fast
 //!   one.
+//! - `full-traced`, `full-unsampled` (feature `otel`): `full` with tracing
+//!   on — a tracing subscriber with the tracing-opentelemetry layer, a
+//!   server span per request, the trace ID read for the latency exemplar —
+//!   every request sampled (always-on sampler, spans batched to an exporter
+//!   that drops them: nothing leaves the machine), or none (always-off
+//!   sampler). The access log stays off.
 //!
 //! Every program serves HTTP/1.1 and HTTP/2 with the crate's server
 //! (`server::serve`: the edge layer, the peer's `ClientAddr` in each
@@ -45,7 +53,7 @@ const SECRET: &[u8] = b"load-benchmark-secret-0123456789abcdef";
 const ISSUER: &str = "https://auth.load.test";
 const AUDIENCE: &str = "load-upstream";
 
-const USAGE: &str = "usage: load_gateway proxy|full <listen> <upstream> \
+const USAGE: &str = "usage: load_gateway proxy|full|full-traced|full-unsampled <listen> <upstream> \
                      | full-redis <listen> <upstream> <redis-url> | tokens <count> <file>";
 
 fn main() -> Result<(), BoxError> {
@@ -55,7 +63,10 @@ fn main() -> Result<(), BoxError> {
             let count: usize = args.get(1).ok_or(USAGE)?.parse()?;
             tokens(count, args.get(2).ok_or(USAGE)?)
         }
-        Some(mode @ ("proxy" | "proxy-bare-server" | "full" | "full-redis")) => {
+        Some(
+            mode @ ("proxy" | "proxy-bare-server" | "full" | "full-redis" | "full-traced"
+            | "full-unsampled"),
+        ) => {
             let listen: SocketAddr = args.get(1).ok_or(USAGE)?.parse()?;
             let upstream: SocketAddr = args.get(2).ok_or(USAGE)?.parse()?;
             let redis = if mode == "full-redis" {
@@ -63,6 +74,12 @@ fn main() -> Result<(), BoxError> {
             } else {
                 None
             };
+            let traced = match mode {
+                "full-traced" => Some(true),
+                "full-unsampled" => Some(false),
+                _ => None,
+            };
+            let _tracing = traced.map(tracing_on).transpose()?;
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
@@ -155,7 +172,12 @@ async fn run(
             .build()?;
         let rbac = RbacLayer::new(policy).metrics(RbacMetrics::new(&metrics));
         let limits = limits(redis.as_deref(), RateLimitMetrics::new(&metrics)).await?;
+        let traced = matches!(mode, "full-traced" | "full-unsampled");
         let svc = ServiceBuilder::new()
+            // Tracing on: a server span per request. After merging
+            // trace-core, replace this one line with the crate's layers:
+            // `.option_layer(traced.then(|| (RequestIdLayer::new(), TraceLayer::new())))`.
+            .option_layer(traced.then_some(tower::layer::layer_fn(ServerSpan)))
             .layer(RouteLayer::new(&table))
             .layer(MetricsLayer::new(&metrics))
             .layer(auth)
@@ -164,6 +186,82 @@ async fn run(
             .service(Proxy::new(&table));
         serve(listener, svc).await
     }
+}
+
+/// A server span per request, the stand-in for the crate's `TraceLayer`
+/// until it is merged: the request runs in it (entered for `call`,
+/// instrumenting the response future), so the OpenTelemetry layer starts,
+/// samples and ends a span per request, and `MetricsLayer` reads its trace
+/// ID for the latency exemplar.
+#[derive(Clone)]
+struct ServerSpan<S>(S);
+
+impl<S, B> Service<Request<B>> for ServerSpan<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "request",
+            otel.kind = "server",
+            http.request.method = %request.method(),
+            url.path = request.uri().path(),
+        );
+        let future = span.in_scope(|| self.0.call(request));
+        future.instrument(span)
+    }
+}
+
+/// Installs a tracing subscriber with the tracing-opentelemetry layer:
+/// every trace sampled or none. Spans go, batched, to an exporter that
+/// drops them. The returned provider flushes and stops when dropped.
+#[cfg(feature = "otel")]
+fn tracing_on(sampled: bool) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, BoxError> {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// Drops what it is given: the cost measured is the gateway's, not an
+    /// exporter's network I/O.
+    #[derive(Debug)]
+    struct Discard;
+
+    impl SpanExporter for Discard {
+        async fn export(&self, batch: Vec<SpanData>) -> opentelemetry_sdk::error::OTelSdkResult {
+            drop(batch);
+            Ok(())
+        }
+    }
+
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(if sampled {
+            Sampler::AlwaysOn
+        } else {
+            Sampler::AlwaysOff
+        })
+        .with_batch_exporter(Discard)
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("load_gateway")));
+    tracing::subscriber::set_global_default(subscriber)?;
+    Ok(provider)
+}
+
+#[cfg(not(feature = "otel"))]
+fn tracing_on(_sampled: bool) -> Result<(), BoxError> {
+    Err("full-traced and full-unsampled need the `otel` feature".into())
 }
 
 /// Per consumer, at a rate no benchmark reaches.

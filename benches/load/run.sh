@@ -7,7 +7,10 @@
 # ratios to the bare hyper proxy (b) and nginx (g), then memory figures.
 #
 # Environment (defaults in brackets):
-#   TARGETS  targets to run, any of "a b b2 c c0 d e f g h" [a b b2 c d e f g h]
+#   TARGETS  targets to run, any of "a b b2 c c0 d d_ts d_tu e f g h"
+#            [a b b2 c d e f g h]
+#            (d_ts / d_tu: (d) with tracing on, every request sampled / none
+#            sampled; compare them with (d) of the same rounds)
 #            (h: (d)'s valid users while load_forger floods the same gateway
 #            with forged ES256 tokens from 127.0.0.2)
 #            (c0: the crate's proxy on a bare hyper-util accept loop instead
@@ -99,7 +102,7 @@ fi
 # --- build -------------------------------------------------------------------
 if [[ $NO_BUILD != 1 ]]; then
     log "building (release) ..."
-    (cd "$ROOT" && cargo build --release --quiet --features redis \
+    (cd "$ROOT" && cargo build --release --quiet --features redis,otel \
         --example load_upstream --example load_bare_proxy \
         --example load_gateway --example load_idle_conns --example load_forger)
 fi
@@ -185,12 +188,14 @@ DESC[c0]="proxy, bare accept loop"
 DESC[d]="full stack, 1 token"
 DESC[e]="full stack, cache-miss tokens"
 DESC[h]="(d) under a forged-token flood"
+DESC[d_ts]="(d), tracing on, sampled"
+DESC[d_tu]="(d), tracing on, unsampled"
 DESC[f]="full stack, Redis limiter"
 DESC[g]="nginx proxy_pass"
 DESC[cB]="(c), BASE_GATEWAY build"
 DESC[dB]="(d), BASE_GATEWAY build"
 
-if has d || has dB || has e || has f || [[ $MEM == 1 ]]; then
+if has d || has dB || has d_ts || has d_tu || has e || has f || [[ $MEM == 1 ]]; then
     "$BIN/load_gateway" tokens "$TOKENS_N" "$TMP/tokens.txt"
     TOKEN=$(head -n1 "$TMP/tokens.txt")
 fi
@@ -232,6 +237,17 @@ if has h; then
     PID[h]=${PID[d]}
     WRK_ARGS[h]=${WRK_ARGS[d]}
 fi
+# Tracing on: (d) with the tracing-opentelemetry layer and a server span per
+# request; spans are sampled (and dropped by the exporter) or not sampled.
+for t in d_ts d_tu; do
+    has "$t" || continue
+    mode=full-traced
+    [[ $t == d_tu ]] && mode=full-unsampled
+    free_port PORT[$t]
+    start "$t" "$CORE_PROXY" "${PORT[$t]}" "$BIN/load_gateway" "$mode" "127.0.0.1:${PORT[$t]}" "$UP"
+    PID[$t]=$LAST_PID
+    WRK_ARGS[$t]="-H|Authorization: Bearer $TOKEN"
+done
 if has e; then
     free_port PORT[e]
     start e "$CORE_PROXY" "${PORT[e]}" "$BIN/load_gateway" full "127.0.0.1:${PORT[e]}" "$UP"
@@ -303,7 +319,7 @@ if has dB; then
 fi
 
 ORDER=()
-for t in a b b2 c cB c0 d dB e f g h; do has "$t" && ORDER+=("$t"); done
+for t in a b b2 c cB c0 d dB d_ts d_tu e f g h; do has "$t" && ORDER+=("$t"); done
 [[ ${#ORDER[@]} -gt 0 ]] || die "no targets"
 
 # --- load --------------------------------------------------------------------
@@ -382,6 +398,13 @@ ratio() {
     fmt %.2f "$(paste -d' ' "$TMP/${4:-res}.$1" "$TMP/${4:-res}.$2" |
         awk -v c="$3" '{n = NF / 2; printf "%.4f\n", ($(c + n) > 0) ? $c / $(c + n) : 0}' | median)"
 }
+# delta <target> <ref> <column>: median over rounds of the per-round
+# difference, two decimals.
+delta() {
+    [[ -f $TMP/res.$2 && -f $TMP/res.$1 ]] || { echo nan; return; }
+    fmt %.2f "$(paste -d' ' "$TMP/res.$1" "$TMP/res.$2" |
+        awk -v c="$3" '{n = NF / 2; printf "%.4f\n", $c - $(c + n)}' | median)"
+}
 ms() { awk -v u="$1" 'BEGIN {if (u == "nan") print u; else printf "%.3f", u / 1000}'; }
 
 echo
@@ -423,6 +446,16 @@ check "(d)/(b) p99 <= 1.20" "x <= 1.2" "$(ratio d b 4)"
 check "(f)/(d) throughput >= 0.70" "x >= 0.7" "$(ratio f d 2)"
 check "stretch: (d)/(g) CPU per request <= 1.00" "x <= 1.0" "$(ratio d g 6)"
 check "(h)/(d) valid users' p99 under a forged flood <= 1.5" "x <= 1.5" "$(ratio h d 4)"
+check "(d_tu)-(d) CPU us/request, unsampled, <= 0.5" "x <= 0.5" "$(delta d_tu d 6)"
+if has d_ts || has d_tu; then
+    echo
+    echo "== tracing on against off (same rounds; per-round ratios to (d), median)"
+    for t in d_ts d_tu; do
+        has "$t" || continue
+        printf '  %-30s throughput %s  p99 %s  CPU/request %s (%s us more)\n' "($t) ${DESC[$t]}" \
+            "$(ratio "$t" d 2)" "$(ratio "$t" d 4)" "$(ratio "$t" d 6)" "$(delta "$t" d 6)"
+    done
+fi
 
 # --- profile -----------------------------------------------------------------
 if [[ -n $PERF ]] && has "$PERF"; then

@@ -14,6 +14,7 @@ use axum::{Router, http::Method, routing::get};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tower::ServiceBuilder;
 use tower_gateway::{
+    access_log::AccessLogLayer,
     auth::{AuthMetrics, FailureBudget, Issuer, JwtAuthLayer},
     circuit::CircuitConfig,
     discovery::{Endpoint, EndpointWatch, StaticDiscovery},
@@ -354,6 +355,11 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         // Matched once; unknown routes are 404 (405, 400) for everyone,
         // as in Kong, and counted as `unmatched`.
         .layer(RouteLayer::new(&routes).metrics(&metrics))
+        // One line per request, refusals included, labelled by route
+        // template (target `tower_gateway::access`). Consumers are not
+        // logged: the subject is personal data, and only layers after
+        // authentication know it.
+        .layer(AccessLogLayer::new())
         .layer(MetricsLayer::new(&metrics))
         .option_layer(per_ip)
         .layer(auth)

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! client ─► gateway 127.0.0.1:8080
-//!             RouteLayer ─► MetricsLayer ─► JwtAuthLayer ─► RbacLayer ─► RateLimitLayer
+//!             RouteLayer ─► AccessLogLayer ─► MetricsLayer ─► JwtAuthLayer ─► RbacLayer ─► RateLimitLayer
 //!             ─► Proxy: P2C/peak-EWMA, per-endpoint breakers, retries, timeouts, mTLS
 //!          ─► orders / payments / inventory (mTLS; JwtAuthLayer + RbacLayer again)
 //! auth server 127.0.0.1:9000: OIDC discovery, JWKS, /token
@@ -29,6 +29,24 @@
 //! 8081-8083; 0, off), `REDIS_URL` to share rate limits through Redis (feature
 //! `redis`), `CONSUL_HTTP_ADDR` to register and discover the services in
 //! Consul (feature `consul`), `RUST_LOG` for logs.
+//!
+//! Logs include the access log, one line per request (target
+//! `tower_gateway::access`; `RUST_LOG=info,tower_gateway::access=off`
+//! silences it).
+//!
+//! Traces (feature `otel`): with `OTEL_EXPORTER_OTLP_ENDPOINT` set (say
+//! `http://127.0.0.1:4318`, a collector, Tempo or Jaeger), spans are
+//! exported over OTLP HTTP/protobuf (plain HTTP). The other standard
+//! variables apply as the OpenTelemetry SDK reads them:
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME` (default
+//! `tower-gateway`), `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
+//! `OTEL_TRACES_SAMPLER_ARG`. Nothing is installed globally: the tracer
+//! provider lives in `main` and is flushed at shutdown.
+//!
+//! ```sh
+//! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 cargo run --example gateway --features otel
+//! ```
 
 mod app;
 
@@ -41,13 +59,68 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> Result<T, app::BoxError>
     }
 }
 
+/// The tracing layer that turns spans into OpenTelemetry spans.
+#[cfg(feature = "otel")]
+type OtelLayer<S> =
+    tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::SdkTracer>;
+
+/// The OTLP exporter and the tracing layer that feeds it, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or its traces-only variant) is set.
+#[cfg(feature = "otel")]
+fn otlp<S>()
+-> Result<Option<(OtelLayer<S>, opentelemetry_sdk::trace::SdkTracerProvider)>, app::BoxError>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+
+    let configured = [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    if !configured {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .build()?;
+    // The SDK's resource detectors read OTEL_SERVICE_NAME and
+    // OTEL_RESOURCE_ATTRIBUTES; a name is set only when neither gives one.
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name("tower-gateway");
+    }
+    // The sampler comes from OTEL_TRACES_SAMPLER (default: parent-based,
+    // always on).
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("tower-gateway"));
+    Ok(Some((layer, provider)))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), app::BoxError> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer());
+    #[cfg(feature = "otel")]
+    let provider = {
+        let (layer, provider) = otlp()?.unzip();
+        registry.with(layer).init();
+        provider
+    };
+    #[cfg(not(feature = "otel"))]
+    registry.init();
     let defaults = app::Config::default();
     let config = app::Config {
         gateway: env("GATEWAY_ADDR", defaults.gateway)?,
@@ -90,6 +163,11 @@ async fn main() -> Result<(), app::BoxError> {
     tracing::info!("shutting down: finishing in-flight requests");
     let report = running.shutdown().await?;
     tracing::info!(open = report.open, cut = report.cut, "gateway stopped");
+    #[cfg(feature = "otel")]
+    if let Some(provider) = provider {
+        // Exports the spans still batched.
+        provider.shutdown()?;
+    }
     Ok(())
 }
 

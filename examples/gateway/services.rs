@@ -236,6 +236,57 @@ fn routes(kind: Kind) -> Router {
     }
 }
 
+/// With feature `otel`: each request's handler runs in a span that
+/// continues the caller's trace (its W3C `traceparent` header).
+#[cfg(feature = "otel")]
+fn traced(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(continue_trace))
+}
+
+#[cfg(not(feature = "otel"))]
+fn traced(router: Router) -> Router {
+    router
+}
+
+/// Runs the handler in a span whose parent is the trace context the
+/// gateway sent (W3C Trace Context). The propagator is a local value, not
+/// a global one: nothing here changes how the rest of the process traces.
+#[cfg(feature = "otel")]
+async fn continue_trace(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    /// The request headers as an OpenTelemetry carrier.
+    struct Headers<'a>(&'a axum::http::HeaderMap);
+
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&Headers(request.headers()));
+    let span = tracing::info_span!(
+        "handle",
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = request.uri().path(),
+    );
+    // Fails only without an OpenTelemetry layer, when there is no trace to
+    // continue.
+    let _ = span.set_parent(parent);
+    next.run(request).instrument(span).await
+}
+
 /// Starts one service on a free loopback port, over mutual TLS. With
 /// `metrics`, the service's own Prometheus metrics (prefix `service`) are
 /// served in plain HTTP on that address, for `examples/observability`.
@@ -262,7 +313,7 @@ pub async fn start(
         .layer(MetricsLayer::new(&registry))
         .layer(auth)
         .layer(rbac)
-        .service(routes(kind));
+        .service(traced(routes(kind)));
     if let Some(addr) = metrics {
         let listener = TcpListener::bind(addr).await?;
         let exporter = Router::new().route_service("/metrics", MetricsHandler::new(&registry));

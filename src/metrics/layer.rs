@@ -242,9 +242,16 @@ impl Record {
     fn head(&mut self, headers: &HeaderMap, status: u16) {
         self.status = status;
         let f = &self.metrics.inner.families;
-        f.duration
-            .get_or_create(&self.labels)
-            .observe(self.started.elapsed().as_secs_f64());
+        let seconds = self.started.elapsed().as_secs_f64();
+        #[cfg(feature = "otel")]
+        {
+            let (exemplar, at) = super::exemplar::current();
+            f.duration
+                .get_or_create(&self.labels)
+                .observe(seconds, exemplar, at);
+        }
+        #[cfg(not(feature = "otel"))]
+        f.duration.get_or_create(&self.labels).observe(seconds);
         f.requests
             .get_or_create(&RouteMethodStatus {
                 route: self.labels.route.clone(),

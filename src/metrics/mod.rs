@@ -35,6 +35,17 @@
 //! are `OTHER`, gRPC methods and consumers are capped with an `other`
 //! overflow.
 //!
+//! # Exemplars
+//!
+//! With feature `otel`, `gateway_request_duration_seconds` carries, per
+//! bucket, the trace ID of the last *sampled* request it counted as an
+//! OpenMetrics exemplar (`# {trace_id="…"} 0.0123 1700000000.5`), read
+//! from the current span through tracing-opentelemetry when the response
+//! head arrives. Exemplars appear only in the OpenMetrics exposition that
+//! Prometheus asks for (stored with `--enable-feature=exemplar-storage`);
+//! the Prometheus text format has no place for them and leaves them out.
+//! An unsampled request adds one look-up of the span's context.
+//!
 //! # Example
 //!
 //! A stack whose layers each report to their own handle:
@@ -102,6 +113,8 @@
 
 mod cap;
 mod consumer;
+#[cfg(feature = "otel")]
+mod exemplar;
 mod handler;
 mod layer;
 mod registry;

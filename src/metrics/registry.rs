@@ -28,6 +28,23 @@ impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Bucket
     }
 }
 
+/// The request-duration histogram: with feature `otel`, each bucket keeps
+/// the trace ID of the last sampled request it counted, as an OpenMetrics
+/// exemplar, so a dashboard can jump from a latency spike to a trace.
+#[cfg(feature = "otel")]
+pub(crate) type DurationHistogram =
+    prometheus_client::metrics::exemplar::HistogramWithExemplars<super::exemplar::TraceExemplar>;
+/// The request-duration histogram (exemplars need feature `otel`).
+#[cfg(not(feature = "otel"))]
+pub(crate) type DurationHistogram = Histogram;
+
+#[cfg(feature = "otel")]
+impl prometheus_client::metrics::family::MetricConstructor<DurationHistogram> for Buckets {
+    fn new_metric(&self) -> DurationHistogram {
+        DurationHistogram::new(self.0.iter().copied())
+    }
+}
+
 /// Latency buckets in seconds: 250 µs to 30 s, for a gateway that adds well
 /// under a millisecond in front of upstreams that may take seconds.
 pub const DEFAULT_LATENCY_BUCKETS: &[f64] = &[
@@ -116,6 +133,15 @@ mod tests {
             "# HELP a_b_total Help.\n# TYPE a_b_total counter\na_b_total{x=\"1\"} 1\n# HELP g G.\n# TYPE g gauge\ng 2.0\n"
         );
     }
+
+    #[test]
+    fn text_format_drops_exemplars() {
+        let om = "h_bucket{r=\"/a # b\\\"#\",le=\"0.1\"} 3 # {trace_id=\"0af7\"} 0.05 1700000000.5\nh_count 3\n# EOF\n";
+        assert_eq!(
+            super::openmetrics_to_text(om),
+            "h_bucket{r=\"/a # b\\\"#\",le=\"0.1\"} 3\nh_count 3\n"
+        );
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,7 +180,7 @@ pub(crate) struct ConsumerLabels {
 pub(crate) struct Families {
     pub(crate) requests: Family<RouteMethodStatus, Counter>,
     pub(crate) request_errors: Family<RouteMethod, Counter>,
-    pub(crate) duration: Family<RouteMethod, Histogram, Buckets>,
+    pub(crate) duration: Family<RouteMethod, DurationHistogram, Buckets>,
     pub(crate) in_flight: Family<RouteMethod, Gauge>,
     pub(crate) request_size: Family<RouteMethod, Histogram, Buckets>,
     pub(crate) response_size: Family<RouteMethod, Histogram, Buckets>,
@@ -347,14 +373,16 @@ impl GatewayMetrics {
     /// The registry in the Prometheus text exposition format 0.0.4, for
     /// scrapers and tools that do not speak OpenMetrics (`promtool check
     /// metrics` among them). Counters are named with their `_total` suffix,
-    /// `# UNIT` and `# EOF` lines are left out; samples are identical.
+    /// `# UNIT` and `# EOF` lines and exemplars (which the format lacks) are
+    /// left out; sample values are identical.
     pub fn encode_prometheus_text(&self) -> String {
         openmetrics_to_text(&self.encode())
     }
 }
 
 /// Rewrites OpenMetrics text as Prometheus text format 0.0.4: the two differ
-/// in counter family names (`x` vs `x_total`), `# UNIT` and `# EOF`.
+/// in counter family names (`x` vs `x_total`), `# UNIT`, `# EOF` and
+/// exemplars.
 pub(crate) fn openmetrics_to_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
@@ -381,11 +409,29 @@ pub(crate) fn openmetrics_to_text(openmetrics: &str) -> String {
                 out.push(' ');
                 out.push_str(tail);
             }
-            None => out.push_str(line),
+            None => out.push_str(without_exemplar(line)),
         }
         out.push('\n');
     }
     out
+}
+
+/// A sample line without its exemplar: OpenMetrics appends it after the
+/// value as ` # {labels} value [timestamp]`; the first `#` outside the
+/// sample's quoted label values starts it.
+fn without_exemplar(line: &str) -> &str {
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '#' if !quoted => return line[..i].trim_end(),
+            _ => {}
+        }
+    }
+    line
 }
 
 /// One series of a family, looked up on its first event and held from then

@@ -92,6 +92,7 @@ mod metrics;
 mod redis;
 mod route;
 mod service;
+mod step;
 mod store;
 
 pub use decision::{Decision, WindowState};

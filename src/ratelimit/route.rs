@@ -13,18 +13,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{
-    RateLimitLayer, RateLimitOutcome,
-    future::{Decide, route_label},
-    headers::HeaderList,
-    key::{KeyBuilder, RequestInfo},
-    layer::{Backend, MissingKey, Settled, Shared},
-};
-use crate::{
-    identity::Identity,
-    reject::RequestHead,
-    route::{MatchedRoute, Route},
-};
+use super::{RateLimitLayer, headers::HeaderList, layer::Shared, step::Step};
+use crate::route::{MatchedRoute, Route};
 
 /// The rate limits of a route, in the order they were added.
 #[derive(Clone, Default)]
@@ -93,65 +83,6 @@ pub struct RouteRateLimit<S> {
     inner: S,
 }
 
-/// One limit's verdict, as far as it can be reached without waiting.
-enum Step<B> {
-    /// The limit does not apply (no tier for the caller, or no key and
-    /// unkeyed requests are let through).
-    Skip,
-    Admit(HeaderList),
-    Refuse(Response<B>),
-    /// A Redis round trip is under way.
-    Wait {
-        decide: Decide,
-        tier: usize,
-        key: String,
-    },
-}
-
-fn begin<B: Default, ReqBody>(shared: &Shared, request: &Request<ReqBody>) -> Step<B> {
-    let Some(tier) = shared.select(request.extensions().get::<Identity>()) else {
-        return Step::Skip;
-    };
-    let mut key = KeyBuilder::from_prefix(&shared.tier(tier).tag);
-    if let Err(error) = shared.key.extract(&RequestInfo::of(request), &mut key) {
-        tracing::debug!(target: "tower_gateway::ratelimit", %error, "no rate-limit key");
-        shared.report(route_label(request), RateLimitOutcome::MissingKey);
-        return match shared.missing {
-            MissingKey::Allow => Step::Skip,
-            MissingKey::Reject => Step::Refuse(shared.missing_key(&RequestHead::of(request))),
-        };
-    }
-    let key = key.into_string();
-    let decided = match &shared.backend {
-        Backend::Local(local) => Some(local.check(&key, &shared.tier(tier).limit)),
-        #[cfg(feature = "redis")]
-        Backend::Redis(redis) => match redis.begin(&key, &shared.tier(tier).limit) {
-            super::redis::Begin::Ready(result) => result.ok(),
-            super::redis::Begin::Pending(decide) => return Step::Wait { decide, tier, key },
-        },
-    };
-    settle(shared, tier, &key, decided, request)
-}
-
-fn settle<B: Default, ReqBody>(
-    shared: &Shared,
-    tier: usize,
-    key: &str,
-    decided: Option<super::Decision>,
-    request: &Request<ReqBody>,
-) -> Step<B> {
-    match shared.settle(
-        tier,
-        key,
-        decided,
-        route_label(request),
-        &RequestHead::of(request),
-    ) {
-        Settled::Admit(headers) => Step::Admit(headers),
-        Settled::Refuse(response) => Step::Refuse(response),
-    }
-}
-
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RouteRateLimit<S>
@@ -184,7 +115,7 @@ where
         };
         let mut headers = Vec::new();
         for (index, shared) in limits.iter().enumerate() {
-            match begin(shared, &request) {
+            match Step::begin(shared, &request) {
                 Step::Skip => {}
                 Step::Admit(admitted) => headers = admitted,
                 Step::Refuse(response) => return RouteRateLimitFuture::done(response),
@@ -200,19 +131,19 @@ where
                     return RouteRateLimitFuture::waiting(Box::pin(async move {
                         let decided = decide.await.ok();
                         let mut headers = headers;
-                        match settle(&current, tier, &key, decided, &request) {
+                        match Step::settle(&current, tier, &key, decided, &request) {
                             Step::Admit(admitted) => headers = admitted,
                             Step::Refuse(response) => return Ok(response),
                             Step::Skip | Step::Wait { .. } => {}
                         }
                         for shared in rest {
-                            match begin(&shared, &request) {
+                            match Step::begin(&shared, &request) {
                                 Step::Skip => {}
                                 Step::Admit(admitted) => headers = admitted,
                                 Step::Refuse(response) => return Ok(response),
                                 Step::Wait { decide, tier, key } => {
                                     let decided = decide.await.ok();
-                                    match settle(&shared, tier, &key, decided, &request) {
+                                    match Step::settle(&shared, tier, &key, decided, &request) {
                                         Step::Admit(admitted) => headers = admitted,
                                         Step::Refuse(response) => return Ok(response),
                                         Step::Skip | Step::Wait { .. } => {}

@@ -9,13 +9,7 @@ use std::{
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::{
-    future::{ResponseFuture, route_label},
-    key::{KeyBuilder, RequestInfo},
-    layer::{Backend, MissingKey, Settled, Shared},
-    metrics::RateLimitOutcome,
-};
-use crate::{identity::Identity, reject::RequestHead};
+use super::{future::ResponseFuture, layer::Shared, step::Step};
 
 /// Rate-limits requests before they reach the inner service; see
 /// [`RateLimitLayer`](super::RateLimitLayer).
@@ -71,50 +65,27 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &*self.shared;
-        let Some(tier) = shared.select(request.extensions().get::<Identity>()) else {
-            return ResponseFuture::call(self.inner.call(request), Vec::new());
-        };
-        let mut key = KeyBuilder::from_prefix(&shared.tier(tier).tag);
-        if let Err(error) = shared.key.extract(&RequestInfo::of(&request), &mut key) {
-            tracing::debug!(target: "tower_gateway::ratelimit", %error, "no rate-limit key");
-            shared.report(route_label(&request), RateLimitOutcome::MissingKey);
-            return match shared.missing {
-                MissingKey::Allow => ResponseFuture::call(self.inner.call(request), Vec::new()),
-                MissingKey::Reject => {
-                    ResponseFuture::done(shared.missing_key(&RequestHead::of(&request)))
-                }
-            };
-        }
-        let key = key.into_string();
-        let decided = match &shared.backend {
-            Backend::Local(local) => Some(local.check(&key, &shared.tier(tier).limit)),
-            #[cfg(feature = "redis")]
-            Backend::Redis(redis) => match redis.begin(&key, &shared.tier(tier).limit) {
-                super::redis::Begin::Ready(result) => result.ok(),
-                super::redis::Begin::Pending(decide) => {
-                    // The decision completes later: take the inner service
-                    // that was polled ready along, leave a clone for the next
-                    // `poll_ready`.
-                    let clone = self.inner.clone();
-                    let ready = std::mem::replace(&mut self.inner, clone);
-                    return ResponseFuture::deciding(
-                        decide,
-                        super::future::Pending {
-                            inner: ready,
-                            request,
-                            shared: self.shared.clone(),
-                            tier,
-                            key,
-                        },
-                    );
-                }
-            },
-        };
-        let route = route_label(&request);
-        match shared.settle(tier, &key, decided, route, &RequestHead::of(&request)) {
-            Settled::Admit(headers) => ResponseFuture::call(self.inner.call(request), headers),
-            Settled::Refuse(response) => ResponseFuture::done(response),
+        match Step::begin(&self.shared, &request) {
+            Step::Skip => ResponseFuture::call(self.inner.call(request), Vec::new()),
+            Step::Admit(headers) => ResponseFuture::call(self.inner.call(request), headers),
+            Step::Refuse(response) => ResponseFuture::done(response),
+            Step::Wait { decide, tier, key } => {
+                // The decision completes later: take the inner service that
+                // was polled ready along, leave a clone for the next
+                // `poll_ready`.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::deciding(
+                    decide,
+                    super::future::Pending {
+                        inner: ready,
+                        request,
+                        shared: self.shared.clone(),
+                        tier,
+                        key,
+                    },
+                )
+            }
         }
     }
 }

@@ -247,3 +247,50 @@ async fn access_log_carries_the_trace_id_of_the_request_span() {
     assert_eq!(events[0]["trace_id"], expected.to_string());
     assert_ne!(expected, opentelemetry::trace::TraceId::INVALID);
 }
+
+/// Through the real proxy: with `Proxy::report_upstream_calls`, the line
+/// names the endpoint that answered and the attempts made.
+#[cfg(feature = "proxy")]
+#[tokio::test(flavor = "current_thread")]
+async fn access_log_names_the_endpoint_the_proxy_reached() {
+    use tower_gateway::{
+        discovery::{Endpoint, StaticDiscovery},
+        proxy::{Proxy, Upstream},
+    };
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(subscriber(&capture));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let echo = tower::service_fn(|_request: Request<tower_gateway::server::Body>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    tokio::spawn(std::future::IntoFuture::into_future(
+        tower_gateway::server::serve(listener, echo),
+    ));
+    let instances = StaticDiscovery::new([Endpoint::new("app-1", "127.0.0.1", app.port())]);
+    let routes = Routes::builder()
+        .route(
+            Route::prefix("/orders")
+                .upstream(Upstream::new("app", instances.watch()).build().unwrap()),
+        )
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(RouteLayer::new(&routes))
+        .layer(AccessLogLayer::new())
+        .service(Proxy::new(&routes).report_upstream_calls(true));
+    let response = svc
+        .oneshot(
+            Request::get("/orders/7")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+    let e = &capture.events()[0];
+    assert_eq!(e["upstream"], format!("127.0.0.1:{}", app.port()));
+    assert_eq!(e["attempts"], "1");
+    assert_eq!(e["status"], "200");
+}

@@ -46,6 +46,7 @@ use tower_gateway::{
     ratelimit::{ClientIp, Consumer, KeyExtractor, Limit, RateLimitLayer, RateLimitMetrics},
     rbac::{Policy, RbacLayer, RbacMetrics, Rule},
     route::{Route, RouteLayer, Routes},
+    trace::{RequestIdLayer, TraceLayer},
 };
 
 /// The HS256 secret, issuer and audience the tokens are minted with.
@@ -174,53 +175,17 @@ async fn run(
         let limits = limits(redis.as_deref(), RateLimitMetrics::new(&metrics)).await?;
         let traced = matches!(mode, "full-traced" | "full-unsampled");
         let svc = ServiceBuilder::new()
-            // Tracing on: a server span per request. After merging
-            // trace-core, replace this one line with the crate's layers:
-            // `.option_layer(traced.then(|| (RequestIdLayer::new(), TraceLayer::new())))`.
-            .option_layer(traced.then_some(tower::layer::layer_fn(ServerSpan)))
+            .option_layer(traced.then(RequestIdLayer::new))
             .layer(RouteLayer::new(&table))
+            // Tracing on: a server span per request, after the match so it
+            // is named by its route.
+            .option_layer(traced.then(TraceLayer::new))
             .layer(MetricsLayer::new(&metrics))
             .layer(auth)
             .layer(rbac)
             .layer(limits)
             .service(Proxy::new(&table));
         serve(listener, svc).await
-    }
-}
-
-/// A server span per request, the stand-in for the crate's `TraceLayer`
-/// until it is merged: the request runs in it (entered for `call`,
-/// instrumenting the response future), so the OpenTelemetry layer starts,
-/// samples and ends a span per request, and `MetricsLayer` reads its trace
-/// ID for the latency exemplar.
-#[derive(Clone)]
-struct ServerSpan<S>(S);
-
-impl<S, B> Service<Request<B>> for ServerSpan<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        use tracing::Instrument;
-        let span = tracing::info_span!(
-            "request",
-            otel.kind = "server",
-            http.request.method = %request.method(),
-            url.path = request.uri().path(),
-        );
-        let future = span.in_scope(|| self.0.call(request));
-        future.instrument(span)
     }
 }
 

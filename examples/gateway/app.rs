@@ -29,6 +29,7 @@ use tower_gateway::{
     route::{Route, RouteLayer, Routes},
     server::{self, Limits, ShutdownReport},
     tls::{self, MtlsClientConfig},
+    trace::{RequestIdLayer, TraceLayer},
 };
 
 use self::services::Kind;
@@ -352,9 +353,15 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         // twice; `%252e` would be `.` there. No route of ours carries a
         // literal `%`, so strict mode costs nothing legitimate.
         .layer(NormalizePathLayer::new().reject_double_encoding(true))
+        // Every request gets an `x-request-id` (a client's is replaced),
+        // sent upstream, returned, and in problem+json bodies.
+        .layer(RequestIdLayer::new())
         // Matched once; unknown routes are 404 (405, 400) for everyone,
         // as in Kong, and counted as `unmatched`.
         .layer(RouteLayer::new(&routes).metrics(&metrics))
+        // A server span per request, named by its route; a client's trace
+        // context is linked, not continued (`ClientContext::Restart`).
+        .layer(TraceLayer::new())
         // One line per request, refusals included, labelled by route
         // template (target `tower_gateway::access`). Consumers are not
         // logged: the subject is personal data, and only layers after
@@ -366,7 +373,8 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .layer(ConsumerMetricsLayer::new(&metrics))
         .layer(rbac)
         .layer(RouteRateLimitLayer::new())
-        .service(Proxy::new(&routes));
+        // The access log names the endpoint that answered and the attempts.
+        .service(Proxy::new(&routes).report_upstream_calls(true));
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
         .route_service("/metrics", MetricsHandler::new(&metrics))

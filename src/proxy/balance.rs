@@ -110,6 +110,8 @@ pub(crate) struct EndpointState {
     pub(crate) authority: Authority,
     /// The `Host` header for this endpoint, built once.
     pub(crate) host: HeaderValue,
+    /// Its authority as shared text, for access logs (no copy per request).
+    pub(crate) label: std::sync::Arc<str>,
     pub(crate) breaker: CircuitBreaker,
     in_flight: AtomicUsize,
     /// Peak-EWMA estimate in nanoseconds (f64 bits), and when it was last
@@ -154,6 +156,7 @@ impl EndpointState {
         Some(Self {
             id,
             endpoint,
+            label: std::sync::Arc::from(authority.as_str()),
             authority,
             host,
             breaker,

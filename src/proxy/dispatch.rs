@@ -38,6 +38,7 @@ pub struct Proxy {
     preserve_host: bool,
     https: bool,
     max_header_bytes: usize,
+    report_calls: bool,
 }
 
 /// The default of [`Proxy::max_request_header_bytes`]: 32 KiB.
@@ -71,6 +72,7 @@ impl Proxy {
             preserve_host: false,
             https: false,
             max_header_bytes: DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            report_calls: false,
         }
     }
 
@@ -86,6 +88,16 @@ impl Proxy {
     /// so they are refused here.
     pub fn max_request_header_bytes(mut self, bytes: usize) -> Self {
         self.max_header_bytes = bytes;
+        self
+    }
+
+    /// Puts an [`UpstreamCall`](crate::access_log::UpstreamCall) (the
+    /// endpoint that answered, the attempts made) into the extensions of
+    /// each upstream response, where an
+    /// [`AccessLogLayer`](crate::access_log::AccessLogLayer) logs it. Off by
+    /// default: it costs an allocation per response.
+    pub fn report_upstream_calls(mut self, yes: bool) -> Self {
+        self.report_calls = yes;
         self
     }
 
@@ -283,7 +295,7 @@ where
         let request: Request<ProxyBody> = request.map(box_body);
         ProxyFuture {
             state: State::Sending {
-                sent: Box::pin(upstream.send(request, timeout, attempts)),
+                sent: Box::pin(upstream.send(request, timeout, attempts, self.report_calls)),
                 upgrade: client_upgrade,
             },
         }

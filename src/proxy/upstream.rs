@@ -361,6 +361,7 @@ impl UpstreamService {
         request: Request<ProxyBody>,
         timeout: Duration,
         retries: Option<usize>,
+        report: bool,
     ) -> impl Future<Output = Response<UpstreamBody>> + Send + 'static {
         self.shared.follower.start();
         let shared = self.shared.clone();
@@ -379,6 +380,7 @@ impl UpstreamService {
                     handle.clone(),
                     method,
                     retries,
+                    report,
                 ),
             ),
             shared,
@@ -452,6 +454,7 @@ async fn attempts(
     handle: BodyHandle,
     method: Method,
     retries: usize,
+    report: bool,
 ) -> Result<Response<UpstreamBody>, Rejection> {
     let shared = &*shared;
     let mut tried = [usize::MAX; MAX_TRIED];
@@ -532,7 +535,17 @@ async fn attempts(
                     shared.budget.deposit();
                 }
                 let timeout = shared.body_idle_timeout;
-                return Ok(response.map(|incoming| UpstreamBody::new(incoming, timeout, stream)));
+                let mut response =
+                    response.map(|incoming| UpstreamBody::new(incoming, timeout, stream));
+                if report {
+                    response
+                        .extensions_mut()
+                        .insert(crate::access_log::UpstreamCall {
+                            endpoint: endpoint.label.clone(),
+                            attempts: u32::try_from(attempt + 1).unwrap_or(u32::MAX),
+                        });
+                }
+                return Ok(response);
             }
             Err(error) => error,
         };
@@ -758,7 +771,7 @@ impl Service<Request<ProxyBody>> for UpstreamService {
     }
 
     fn call(&mut self, request: Request<ProxyBody>) -> Self::Future {
-        let sent = self.send(request, self.shared.request_timeout, None);
+        let sent = self.send(request, self.shared.request_timeout, None, false);
         Box::pin(async move { Ok(sent.await) })
     }
 }

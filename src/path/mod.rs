@@ -41,7 +41,7 @@
 
 mod layer;
 
-#[cfg(any(feature = "rbac", feature = "proxy"))]
+#[cfg(feature = "rbac")]
 pub(crate) use layer::apply;
 pub use layer::{NormalizePath, NormalizePathLayer};
 pub(crate) use layer::{path_rejection, rewrite_path};

@@ -70,6 +70,16 @@ async fn dead_port() -> u16 {
 /// to two endpoints tried in turn, the first refusing connections — so the
 /// first request is retried once.
 async fn gateway(seen: Seen, context: ClientContext, trust_ids: bool) -> SocketAddr {
+    sampled_gateway(seen, context, trust_ids, 1.0).await
+}
+
+/// [`gateway`], sampling `ratio` of the requests in the `TraceLayer`.
+async fn sampled_gateway(
+    seen: Seen,
+    context: ClientContext,
+    trust_ids: bool,
+    ratio: f64,
+) -> SocketAddr {
     let live = upstream(seen).await;
     let discovery = StaticDiscovery::new([
         Endpoint::new("a-dead", "127.0.0.1", dead_port().await),
@@ -100,7 +110,11 @@ async fn gateway(seen: Seen, context: ClientContext, trust_ids: bool) -> SocketA
     let stack = ServiceBuilder::new()
         .layer(RequestIdLayer::new().trust_incoming(trust_ids))
         .layer(RouteLayer::new(&routes))
-        .layer(TraceLayer::new().client_context(context))
+        .layer(
+            TraceLayer::new()
+                .client_context(context)
+                .sample_ratio(ratio),
+        )
         .layer(auth)
         .layer(RouteRateLimitLayer::new())
         .service(Proxy::new(&routes));
@@ -386,4 +400,57 @@ async fn request_ids_are_generated_or_trusted_echoed_and_in_problem_json() {
     assert_eq!(reply.headers["x-request-id"], "refused-1");
     let problem: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
     assert_eq!(problem["request_id"], "refused-1");
+}
+
+/// The full `traceparent` the upstream last received.
+fn upstream_traceparent(seen: &Seen) -> String {
+    let seen = seen.lock().unwrap();
+    let headers = seen.last().expect("the upstream got the request");
+    headers["traceparent"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_unsampled_request_opens_no_span_and_tells_the_upstream() {
+    let (exporter, _guard) = tracing();
+    let seen = Seen::default();
+    let gw = sampled_gateway(seen.clone(), ClientContext::Restart, false, 0.0).await;
+    // Retried once (the dead endpoint first), authenticated, rate-limited:
+    // every layer that would record runs, and nothing is recorded.
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let reply = get(gw, true, &[("traceparent", &traceparent)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(
+        exporter.get_finished_spans().unwrap().is_empty(),
+        "no span for an unsampled request"
+    );
+    let sent = upstream_traceparent(&seen);
+    let parts: Vec<&str> = sent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{sent}");
+    assert_eq!(parts[3], "00", "the sampled flag is off: {sent}");
+    assert_ne!(parts[1], CLIENT_TRACE, "the client's trace is not joined");
+    // Each request gets a trace of its own.
+    get(gw, true, &[]).await;
+    assert_ne!(upstream_traceparent(&seen), sent);
+}
+
+#[tokio::test]
+async fn a_trusted_parent_decides_sampling() {
+    let (exporter, _guard) = tracing();
+    let seen = Seen::default();
+    let gw = sampled_gateway(seen.clone(), ClientContext::Trust, false, 0.0).await;
+    // Not sampled by the client: no span, its context passes on unchanged.
+    let unsampled = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
+    let reply = get(gw, true, &[("traceparent", &unsampled)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(exporter.get_finished_spans().unwrap().is_empty());
+    assert_eq!(upstream_traceparent(&seen), unsampled);
+    // Sampled by the client: traced, although the layer's ratio is 0.
+    let sampled = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let reply = get(gw, true, &[("traceparent", &sampled)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let spans = spans(&exporter).await;
+    assert_eq!(
+        server_span(&spans).span_context.trace_id().to_string(),
+        CLIENT_TRACE
+    );
 }

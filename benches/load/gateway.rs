@@ -174,12 +174,15 @@ async fn run(
         let rbac = RbacLayer::new(policy).metrics(RbacMetrics::new(&metrics));
         let limits = limits(redis.as_deref(), RateLimitMetrics::new(&metrics)).await?;
         let traced = matches!(mode, "full-traced" | "full-unsampled");
+        // Sampled in the gateway (`TraceLayer::sample_ratio`), as its docs
+        // advise: an unsampled request opens no span at all.
+        let sample_ratio = if mode == "full-traced" { 1.0 } else { 0.0 };
         let svc = ServiceBuilder::new()
             .option_layer(traced.then(RequestIdLayer::new))
             .layer(RouteLayer::new(&table))
             // Tracing on: a server span per request, after the match so it
             // is named by its route.
-            .option_layer(traced.then(TraceLayer::new))
+            .option_layer(traced.then(|| TraceLayer::new().sample_ratio(sample_ratio)))
             .layer(MetricsLayer::new(&metrics))
             .layer(auth)
             .layer(rbac)
@@ -218,7 +221,10 @@ fn tracing_on(sampled: bool) -> Result<opentelemetry_sdk::trace::SdkTracerProvid
         })
         .with_batch_exporter(Discard)
         .build();
+    // At INFO, as a production gateway runs: the server and attempt spans
+    // are recorded, the libraries' debug and trace events are not.
     let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("load_gateway")));
     tracing::subscriber::set_global_default(subscriber)?;
     Ok(provider)

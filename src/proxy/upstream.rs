@@ -620,13 +620,18 @@ fn dispatch(
 }
 
 /// The client span of one attempt (see [`crate::trace`]), a child of the
-/// request's span. Its fields are computed only if a subscriber records it.
+/// request's span — none when the request has no span (a request the
+/// `TraceLayer` did not sample costs no spans). Its fields are computed
+/// only if a subscriber records it.
 fn attempt_span(
     shared: &Shared,
     endpoint: &EndpointState,
     method: &Method,
     attempt: usize,
 ) -> tracing::Span {
+    if tracing::Span::current().is_disabled() {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         target: "tower_gateway::proxy",
         "upstream",

@@ -38,12 +38,25 @@ pub enum ClientContext {
 /// Opens a server span for each request (see the [module
 /// documentation](super) for its name, its fields, and where the layer
 /// goes).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct TraceLayer {
     client_context: ClientContext,
     record_consumer: bool,
+    sample_ratio: f64,
     #[cfg(feature = "otel")]
     baggage: bool,
+}
+
+impl Default for TraceLayer {
+    fn default() -> Self {
+        Self {
+            client_context: ClientContext::default(),
+            record_consumer: false,
+            sample_ratio: 1.0,
+            #[cfg(feature = "otel")]
+            baggage: false,
+        }
+    }
 }
 
 impl TraceLayer {
@@ -66,6 +79,35 @@ impl TraceLayer {
     pub fn record_consumer(mut self, record: bool) -> Self {
         self.record_consumer = record;
         self
+    }
+
+    /// Samples this fraction of requests (default `1.0`: every request gets
+    /// a span, and the OpenTelemetry SDK's sampler decides what is kept).
+    ///
+    /// Sample here rather than in the SDK: a request this layer does not
+    /// sample gets no span at all — no layer records anything, the proxy
+    /// opens no attempt spans — so it costs next to nothing, where an
+    /// SDK-side "drop" still builds every span first. The request still
+    /// carries a W3C `traceparent` upstream, with the sampled flag off, so
+    /// services make the same decision. With [`ClientContext::Trust`], a
+    /// client's `traceparent` decides instead (its sampled flag).
+    pub fn sample_ratio(mut self, ratio: f64) -> Self {
+        self.sample_ratio = if ratio.is_nan() {
+            0.0
+        } else {
+            ratio.clamp(0.0, 1.0)
+        };
+        self
+    }
+
+    /// Whether to open a span for a request with these headers.
+    fn samples(&self, headers: &HeaderMap) -> bool {
+        if self.client_context == ClientContext::Trust
+            && let Some(sampled) = parent_sampled(headers)
+        {
+            return sampled;
+        }
+        self.sample_ratio >= 1.0 || (self.sample_ratio > 0.0 && fastrand::f64() < self.sample_ratio)
     }
 
     /// Takes W3C `baggage` from trusted clients into the span's context, so
@@ -185,6 +227,56 @@ fn content_length(headers: &HeaderMap) -> Option<i64> {
 /// The W3C trace context headers (W3C Trace Context §3, W3C Baggage §3).
 const TRACE_HEADERS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
 
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// The sampled flag of a valid version-00 `traceparent` (W3C Trace Context
+/// §3.2: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, neither
+/// id all zeros); `None` when there is none or it is invalid.
+fn parent_sampled(headers: &HeaderMap) -> Option<bool> {
+    let value = headers.get(TRACEPARENT)?.as_bytes();
+    let hex = |part: &[u8]| part.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let zero = |part: &[u8]| part.iter().all(|&b| b == b'0');
+    let mut parts = value.split(|&b| b == b'-');
+    let (Some(version), Some(trace), Some(parent), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let valid = version == b"00"
+        && trace.len() == 32
+        && parent.len() == 16
+        && flags.len() == 2
+        && hex(trace)
+        && hex(parent)
+        && hex(flags)
+        && !zero(trace)
+        && !zero(parent);
+    if !valid {
+        return None;
+    }
+    let low = match flags[1] {
+        b @ b'0'..=b'9' => b - b'0',
+        b => b - b'a' + 10,
+    };
+    Some(low & 1 == 1)
+}
+
+/// A new trace context with the sampled flag off: fresh random ids, so
+/// upstreams neither join a client's trace nor sample on their own.
+fn unsampled_traceparent() -> http::HeaderValue {
+    let trace = fastrand::u128(1..);
+    let parent = fastrand::u64(1..);
+    let text = format!("00-{trace:032x}-{parent:016x}-00");
+    // Hex digits and dashes only: always a valid header value.
+    http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static(
+        "00-00000000000000000000000000000001-0000000000000001-00",
+    ))
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TraceService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -199,6 +291,24 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        if !self.layer.samples(request.headers()) {
+            // No span: nothing records, nothing is exported. Upstreams
+            // still learn the decision from the sampled flag.
+            let keep_client = self.layer.client_context == ClientContext::Trust
+                && parent_sampled(request.headers()).is_some();
+            if !keep_client {
+                for name in TRACE_HEADERS {
+                    request.headers_mut().remove(name);
+                }
+                request
+                    .headers_mut()
+                    .insert(TRACEPARENT, unsampled_traceparent());
+            }
+            return TraceFuture {
+                inner: self.inner.call(request),
+                span: Span::none(),
+            };
+        }
         let span = if self.layer.record_consumer {
             server_span!(&request, enduser.id = field::Empty)
         } else {

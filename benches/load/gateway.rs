@@ -177,8 +177,11 @@ async fn run(
         // Sampled in the gateway (`TraceLayer::sample_ratio`), as its docs
         // advise: an unsampled request opens no span at all.
         let sample_ratio = if mode == "full-traced" { 1.0 } else { 0.0 };
+        // Request IDs are a feature of their own, measured apart: with
+        // `LOAD_REQUEST_ID=1` the traced modes add them.
+        let request_ids = std::env::var_os("LOAD_REQUEST_ID").is_some();
         let svc = ServiceBuilder::new()
-            .option_layer(traced.then(RequestIdLayer::new))
+            .option_layer((traced && request_ids).then(RequestIdLayer::new))
             .layer(RouteLayer::new(&table))
             // Tracing on: a server span per request, after the match so it
             // is named by its route.

@@ -25,6 +25,7 @@
 #   BIG_N    idle connections for the large RSS figure    [10000]
 #   TOKENS_N distinct tokens for target (e)             [50000]
 #   NO_BUILD 1: use the binaries already built          [0]
+#   LOAD_REQUEST_ID  1: d_ts / d_tu also run the RequestIdLayer [unset]
 #   BASE_GATEWAY  another build of load_gateway (say, of the previous
 #            release) for targets cB and dB: (c) and (d) as that build
 #            runs them, measured in the same rounds, so a change's cost

@@ -268,11 +268,21 @@ fn parent_sampled(headers: &HeaderMap) -> Option<bool> {
 /// A new trace context with the sampled flag off: fresh random ids, so
 /// upstreams neither join a client's trace nor sample on their own.
 fn unsampled_traceparent() -> http::HeaderValue {
-    let trace = fastrand::u128(1..);
-    let parent = fastrand::u64(1..);
-    let text = format!("00-{trace:032x}-{parent:016x}-00");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // "00-" + 32 hex + "-" + 16 hex + "-00", written in place.
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    let mut trace = fastrand::u128(1..);
+    for digit in text[3..35].iter_mut().rev() {
+        *digit = HEX[(trace & 0xf) as usize];
+        trace >>= 4;
+    }
+    let mut parent = fastrand::u64(1..);
+    for digit in text[36..52].iter_mut().rev() {
+        *digit = HEX[(parent & 0xf) as usize];
+        parent >>= 4;
+    }
     // Hex digits and dashes only: always a valid header value.
-    http::HeaderValue::from_str(&text).unwrap_or(http::HeaderValue::from_static(
+    http::HeaderValue::from_bytes(&text).unwrap_or(http::HeaderValue::from_static(
         "00-00000000000000000000000000000001-0000000000000001-00",
     ))
 }

@@ -314,11 +314,22 @@ impl Task {
                 url
             }
         };
-        let body = self
-            .fetcher
-            .get(&url)
-            .await
-            .map_err(|e| FetchFailed(e.to_string()))?;
+        // A client span per fetch. Fetches run in the refresher's task, off
+        // the request path, so each is a trace of its own.
+        let span = tracing::info_span!(
+            target: "tower_gateway::auth",
+            "jwks",
+            otel.name = "GET",
+            otel.kind = "client",
+            http.request.method = "GET",
+            url.full = %url,
+            error.type = tracing::field::Empty,
+        );
+        let fetched = tracing::Instrument::instrument(self.fetcher.get(&url), span.clone()).await;
+        if fetched.is_err() {
+            span.record("error.type", "fetch_failed");
+        }
+        let body = fetched.map_err(|e| FetchFailed(e.to_string()))?;
         let keys = parse_jwks(&body).map_err(FetchFailed)?;
         if keys.is_empty() {
             return Err(FetchFailed("JWKS holds no usable signing key".into()));

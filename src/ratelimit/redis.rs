@@ -440,7 +440,24 @@ impl RedisBackend {
             probe: admission,
             settled: false,
         };
-        Begin::Pending(Box::pin(decide(guard, keys, args, remember)))
+        // A client span for the round trip, under the request's span; none
+        // for a request that has no span (not sampled, or no tracing).
+        let span = if tracing::Span::current().is_disabled() {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                target: "tower_gateway::ratelimit",
+                "redis",
+                otel.name = "EVALSHA",
+                otel.kind = "client",
+                db.system.name = "redis",
+                db.operation.name = "EVALSHA",
+            )
+        };
+        Begin::Pending(Box::pin(tracing::Instrument::instrument(
+            decide(guard, keys, args, remember),
+            span,
+        )))
     }
 }
 

@@ -395,7 +395,27 @@ impl Watcher {
             ),
             None => (self.path.clone(), self.client.request_timeout()),
         };
-        let fetched = self.client.send(Method::GET, &path, None, timeout).await?;
+        // A client span per query (a blocking one lasts up to `wait`); the
+        // watch runs in a task of its own, so each is a trace of its own.
+        let span = tracing::info_span!(
+            target: "tower_gateway::consul",
+            "consul",
+            otel.name = "GET /v1/health/service",
+            otel.kind = "client",
+            http.request.method = "GET",
+            gateway.service = %self.control.service,
+            gateway.consul.blocking = index.is_some(),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let fetched = tracing::Instrument::instrument(
+            self.client.send(Method::GET, &path, None, timeout),
+            span.clone(),
+        )
+        .await?;
+        span.record(
+            "http.response.status_code",
+            i64::from(fetched.status.as_u16()),
+        );
         if fetched.status != StatusCode::OK {
             return Err(status_error(&fetched));
         }

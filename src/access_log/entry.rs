@@ -100,7 +100,9 @@ impl Entry {
         let attempts = self.upstream.as_ref().map(|u| u.attempts);
         #[cfg(feature = "otel")]
         let trace_id = self.trace.map(|t| tracing::field::display(t.trace_id));
-        #[cfg(feature = "otel")]
+        // Without `otel` there is no trace ID; a `None` field is left out.
+        #[cfg(not(feature = "otel"))]
+        let trace_id: Option<&str> = None;
         tracing::event!(
             target: TARGET,
             parent: &self.span,
@@ -117,23 +119,6 @@ impl Entry {
             refused = self.refused,
             outcome = outcome.as_str(),
             trace_id,
-        );
-        #[cfg(not(feature = "otel"))]
-        tracing::event!(
-            target: TARGET,
-            parent: &self.span,
-            Level::INFO,
-            route,
-            method = self.method.as_str(),
-            status = self.status,
-            duration_ms,
-            request_bytes = self.request_bytes,
-            response_bytes = self.response_bytes,
-            consumer,
-            upstream,
-            attempts,
-            refused = self.refused,
-            outcome = outcome.as_str(),
         );
     }
 }

@@ -33,6 +33,7 @@ impl fmt::Debug for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Route")
             .field("prefix", &self.prefix)
+            .field("exact", &self.exact)
             .field("host", &self.host)
             .field("methods", &self.methods)
             .field("name", &self.name)

@@ -25,6 +25,7 @@ use serde_json::Value;
 struct Gateway {
     addr: SocketAddr,
     auth: SocketAddr,
+    admin: SocketAddr,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
 }
 
@@ -41,6 +42,7 @@ impl Gateway {
         let running = app::start(app::Config {
             gateway: "127.0.0.1:0".parse().unwrap(),
             auth: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
             ..config
         })
         .await
@@ -48,6 +50,7 @@ impl Gateway {
         Self {
             addr: running.gateway,
             auth: running.auth,
+            admin: running.admin,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
     }
@@ -68,6 +71,14 @@ impl Gateway {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// GET on the admin listener.
+    async fn admin_get(&self, path: &str) -> (StatusCode, Bytes) {
+        let request = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::default())
+            .unwrap();
+        self.send(request).await
     }
 
     async fn call(
@@ -234,8 +245,17 @@ async fn the_reference_gateway_authenticates_authorizes_and_forwards_over_mtls()
         403
     );
     assert_eq!(gw.call(Method::GET, "/health", None, None).await.0, 200);
+    // Metrics and probes are on the admin listener only.
+    assert_eq!(gw.call(Method::GET, "/metrics", None, None).await.0, 404);
+    assert_eq!(gw.admin_get("/healthz").await.0, 200);
+    let (status, ready) = gw.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&ready));
+    let ready: Value = serde_json::from_slice(&ready).unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["issuer_keys_loaded"], true);
+    assert_eq!(ready["upstream_endpoints"]["orders"], 1);
 
-    let (s, metrics) = gw.call(Method::GET, "/metrics", None, None).await;
+    let (s, metrics) = gw.admin_get("/metrics").await;
     assert_eq!(s, 200);
     let text = String::from_utf8_lossy(&metrics);
     assert!(
@@ -300,7 +320,7 @@ async fn the_reference_gateway_scrape_passes_promtool() {
     gw.call(Method::GET, "/orders", None, None).await;
     gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
     gw.call(Method::GET, "/nope", None, None).await;
-    let request = Request::get(format!("http://{}/metrics", gw.addr))
+    let request = Request::get(format!("http://{}/metrics", gw.admin))
         .header("accept", "text/plain")
         .body(Full::default())
         .unwrap();
@@ -372,7 +392,7 @@ async fn the_reference_gateway_budgets_auth_failures_per_address() {
     let (status, _) = gw.call(Method::GET, "/orders", None, None).await;
     assert_eq!(status, 401);
     // The refusal is counted with the other authentication failures.
-    let (_, metrics) = gw.call(Method::GET, "/metrics", None, None).await;
+    let (_, metrics) = gw.admin_get("/metrics").await;
     let text = String::from_utf8_lossy(&metrics);
     for line in [
         r#"gateway_auth_failures_total{reason="auth_failure_budget"} 1"#,

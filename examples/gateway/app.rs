@@ -8,7 +8,7 @@ pub mod pki;
 #[path = "services.rs"]
 pub mod services;
 
-use std::{any::Any, net::SocketAddr, time::Duration};
+use std::{any::Any, future::IntoFuture, net::SocketAddr, time::Duration};
 
 use axum::{Router, http::Method, routing::get};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
@@ -42,6 +42,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Config {
     pub gateway: SocketAddr,
     pub auth: SocketAddr,
+    /// The admin listener (`ADMIN_ADDR`): `/metrics`, `/healthz`, `/readyz`.
+    /// Keep it on loopback or a private network: metrics describe traffic.
+    pub admin: SocketAddr,
     /// Shared rate-limit state (`REDIS_URL`); the local limiter otherwise.
     pub redis_url: Option<String>,
     /// Register and discover the services in Consul (`CONSUL_HTTP_ADDR`);
@@ -74,6 +77,7 @@ impl Default for Config {
         Self {
             gateway: SocketAddr::from(([127, 0, 0, 1], 8080)),
             auth: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9901)),
             redis_url: None,
             consul: false,
             per_second: 5,
@@ -91,6 +95,7 @@ impl Default for Config {
 pub struct Running {
     pub gateway: SocketAddr,
     pub auth: SocketAddr,
+    pub admin: SocketAddr,
     pub services: Vec<(&'static str, SocketAddr)>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<ShutdownReport>,
@@ -288,11 +293,13 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         )
         .metrics(ratelimit_metrics.clone());
     #[cfg(feature = "redis")]
+    let mut redis = None;
+    #[cfg(feature = "redis")]
     if let Some(url) = &config.redis_url {
         use tower_gateway::ratelimit::{FailurePolicy, RedisBackend, RedisConfig};
-        limits = limits
-            .redis(RedisBackend::connect_lazy(url, RedisConfig::default())?)
-            .on_backend_error(FailurePolicy::Local);
+        let backend = RedisBackend::connect_lazy(url, RedisConfig::default())?;
+        redis = Some(backend.clone());
+        limits = limits.redis(backend).on_backend_error(FailurePolicy::Local);
     }
     let limits = limits.build()?;
     let routes = upstreams
@@ -327,6 +334,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         );
     }
     let auth = auth.build()?;
+    let auth_for_readiness = auth.clone();
     if !auth.wait_for_keys(Duration::from_secs(5)).await {
         return Err("the auth server published no keys".into());
     }
@@ -375,10 +383,40 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .layer(RouteRateLimitLayer::new())
         // The access log names the endpoint that answered and the attempts.
         .service(Proxy::new(&routes).report_upstream_calls(true));
+    let readiness = Readiness {
+        auth: auth_for_readiness,
+        upstreams: upstreams
+            .iter()
+            .map(|(kind, upstream)| (kind.name(), upstream.clone()))
+            .collect(),
+        #[cfg(feature = "redis")]
+        redis,
+    };
     let app = Router::new()
         .route("/health", get(|| async { "ok" }))
-        .route_service("/metrics", MetricsHandler::new(&metrics))
         .fallback_service(gateway);
+    // Metrics and probes on a listener of their own: metrics describe the
+    // traffic, which is nobody's business on the public port.
+    let admin_app = Router::new()
+        .route_service("/metrics", MetricsHandler::new(&metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let readiness = readiness.clone();
+                async move { readiness.check().await }
+            }),
+        );
+    let admin_listener = TcpListener::bind(config.admin).await?;
+    let admin_addr = admin_listener.local_addr()?;
+    let (admin_stop, admin_stopped) = oneshot::channel::<()>();
+    tokio::spawn(
+        server::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(async {
+                let _ = admin_stopped.await;
+            })
+            .into_future(),
+    );
     let listener = TcpListener::bind(config.gateway).await?;
     let gateway_addr = listener.local_addr()?;
     // Not `axum::serve`: it has no header read timeout (slowloris), no
@@ -394,14 +432,65 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         });
     let server = tokio::spawn(async move {
         let report = serve.await;
+        let _ = admin_stop.send(());
         keep.release().await;
         report
     });
     Ok(Running {
         gateway: gateway_addr,
         auth: auth_addr,
+        admin: admin_addr,
         services,
         stop,
         server,
     })
+}
+
+/// What `/readyz` checks: keys loaded for every issuer, endpoints for every
+/// upstream, and Redis reachable (or the local fallback standing in).
+#[derive(Clone)]
+struct Readiness {
+    auth: JwtAuthLayer,
+    upstreams: Vec<(&'static str, UpstreamService)>,
+    #[cfg(feature = "redis")]
+    redis: Option<tower_gateway::ratelimit::RedisBackend>,
+}
+
+impl Readiness {
+    async fn check(&self) -> (http::StatusCode, axum::Json<serde_json::Value>) {
+        let keys = self.auth.wait_for_keys(Duration::ZERO).await;
+        let upstreams: serde_json::Map<String, serde_json::Value> = self
+            .upstreams
+            .iter()
+            .map(|(name, upstream)| {
+                let count = upstream.endpoints().current().endpoints.len();
+                ((*name).to_owned(), serde_json::Value::from(count))
+            })
+            .collect();
+        let endpoints = upstreams.values().all(|count| count.as_u64() > Some(0));
+        #[cfg(feature = "redis")]
+        let redis = match &self.redis {
+            None => "not configured",
+            Some(redis) if redis.is_available() => "available",
+            // The local limiter decides meanwhile (FailurePolicy::Local).
+            Some(_) => "unavailable, local fallback active",
+        };
+        #[cfg(not(feature = "redis"))]
+        let redis = "not configured";
+        let ready = keys && endpoints;
+        let status = if ready {
+            http::StatusCode::OK
+        } else {
+            http::StatusCode::SERVICE_UNAVAILABLE
+        };
+        (
+            status,
+            axum::Json(serde_json::json!({
+                "ready": ready,
+                "issuer_keys_loaded": keys,
+                "upstream_endpoints": upstreams,
+                "redis": redis,
+            })),
+        )
+    }
 }

@@ -18,10 +18,11 @@
 //!      -d '{"item":"book","quantity":1}' http://127.0.0.1:8080/orders        # 201
 //! curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/orders   # 403: admin only
 //! curl -i http://127.0.0.1:8080/orders                                     # 401
-//! curl -s http://127.0.0.1:8080/metrics                                    # Prometheus
+//! curl -s http://127.0.0.1:9901/metrics                                    # Prometheus
 //! ```
 //!
-//! Environment: `GATEWAY_ADDR` (127.0.0.1:8080), `AUTH_ADDR`
+//! Environment: `GATEWAY_ADDR` (127.0.0.1:8080), `ADMIN_ADDR` (127.0.0.1:9901:
+//! `/metrics`, `/healthz`, `/readyz`), `AUTH_ADDR`
 //! (127.0.0.1:9000), `RATE_PER_SECOND` (5) and `RATE_PER_HOUR` (1000) per
 //! consumer, `RATE_PER_IP_SECOND` (0, off) per client IP before
 //! authentication, `AUTH_FAILURES_PER_MINUTE` (30; 0, off) failed tokens
@@ -125,6 +126,7 @@ async fn main() -> Result<(), app::BoxError> {
     let config = app::Config {
         gateway: env("GATEWAY_ADDR", defaults.gateway)?,
         auth: env("AUTH_ADDR", defaults.auth)?,
+        admin: env("ADMIN_ADDR", defaults.admin)?,
         redis_url: std::env::var("REDIS_URL").ok(),
         consul: std::env::var("CONSUL_HTTP_ADDR").is_ok(),
         per_second: env("RATE_PER_SECOND", defaults.per_second)?,
@@ -152,7 +154,10 @@ async fn main() -> Result<(), app::BoxError> {
     for (name, addr) in &running.services {
         println!("{name:<12} https://{addr}  (mTLS)");
     }
-    println!("metrics      http://{}/metrics", running.gateway);
+    println!(
+        "admin        http://{}/metrics  /healthz  /readyz",
+        running.admin
+    );
     if let Some(port) = config_metrics_port {
         println!(
             "service metrics on http://127.0.0.1:{port}-{}/metrics",

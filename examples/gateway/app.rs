@@ -64,6 +64,10 @@ pub struct Config {
     /// (`0`: off). Bounds what a forger can make the gateway spend on
     /// signature checks.
     pub auth_failures_per_minute: u32,
+    /// Count requests per consumer (token subject) in metrics
+    /// (`METRICS_CONSUMERS=1`). Off by default: subjects are personal data,
+    /// and every scrape would carry them.
+    pub metrics_consumers: bool,
     /// The server's timeouts, caps and size limits towards clients.
     pub server: Limits,
     /// Serve each service's own metrics on this port and the next two
@@ -84,6 +88,7 @@ impl Default for Config {
             per_hour: 1000,
             per_ip_second: 0,
             auth_failures_per_minute: 30,
+            metrics_consumers: false,
             server: Limits::default(),
             service_metrics_port: None,
         }
@@ -378,7 +383,11 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         .layer(MetricsLayer::new(&metrics))
         .option_layer(per_ip)
         .layer(auth)
-        .layer(ConsumerMetricsLayer::new(&metrics))
+        .option_layer(
+            config
+                .metrics_consumers
+                .then(|| ConsumerMetricsLayer::new(&metrics)),
+        )
         .layer(rbac)
         .layer(RouteRateLimitLayer::new())
         // The access log names the endpoint that answered and the attempts.

@@ -127,6 +127,7 @@ async fn main() -> Result<(), app::BoxError> {
         gateway: env("GATEWAY_ADDR", defaults.gateway)?,
         auth: env("AUTH_ADDR", defaults.auth)?,
         admin: env("ADMIN_ADDR", defaults.admin)?,
+        metrics_consumers: env("METRICS_CONSUMERS", 0u8)? == 1,
         redis_url: std::env::var("REDIS_URL").ok(),
         consul: std::env::var("CONSUL_HTTP_ADDR").is_ok(),
         per_second: env("RATE_PER_SECOND", defaults.per_second)?,

@@ -144,6 +144,7 @@ fn test_config() -> app::Config {
     app::Config {
         gateway: "127.0.0.1:0".parse().unwrap(),
         auth: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
         ..app::Config::default()
     }
 }

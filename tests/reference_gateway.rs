@@ -426,6 +426,7 @@ async fn the_reference_gateway_shuts_down_gracefully() {
     let running = app::start(app::Config {
         gateway: "127.0.0.1:0".parse().unwrap(),
         auth: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
         ..app::Config::default()
     })
     .await

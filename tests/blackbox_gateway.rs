@@ -106,16 +106,27 @@ impl Gateway {
         }
     }
 
-    async fn token(&self, sub: &str, roles: &str) -> String {
+    /// An access token for a demo user (the password grant, as the public
+    /// `demo-cli` client).
+    async fn token(&self, user: &str) -> String {
+        let password = app::auth_server::USERS
+            .iter()
+            .find(|u| u.name == user)
+            .expect("a demo user")
+            .password;
+        let form =
+            format!("grant_type=password&client_id=demo-cli&username={user}&password={password}");
         let text = raw(
             self.auth,
             format!(
-                "GET /token?sub={sub}&roles={roles} HTTP/1.1\r\nHost: auth\r\nConnection: close\r\n\r\n"
+                "POST /token HTTP/1.1\r\nHost: auth\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+                form.len()
             )
             .as_bytes(),
             Duration::from_secs(5),
         )
         .await;
+        assert_eq!(status_of(&text), 200, "{text}");
         let body = text.split("\r\n\r\n").nth(1).unwrap();
         serde_json::from_str::<Value>(body).unwrap()["access_token"]
             .as_str()
@@ -152,7 +163,7 @@ fn test_config() -> app::Config {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversized_headers_are_refused_and_never_fail_other_clients_requests() {
     let gw = Arc::new(Gateway::start(10_000).await);
-    let token = Arc::new(gw.token("alice", "user").await);
+    let token = Arc::new(gw.token("alice").await);
     // Alone: a client's oversized header is the client's fault (4xx), never
     // a 502.
     for size in [20_000, 40_000, 100_000, 300_000] {
@@ -637,7 +648,7 @@ async fn slow_and_silent_connections_are_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_header_tricks_are_refused() {
     let gw = Gateway::start(100).await;
-    let token = gw.token("alice", "user").await;
+    let token = gw.token("alice").await;
     let auth = format!("Authorization: Bearer {token}\r\n");
     for (what, head) in [
         ("two Host", "Host: a\r\nHost: b\r\n"),
@@ -676,7 +687,7 @@ async fn host_header_tricks_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smuggling_attempts_never_yield_a_second_request() {
     let gw = Gateway::start(1000).await;
-    let token = gw.token("alice", "user").await;
+    let token = gw.token("alice").await;
     let auth = format!("Authorization: Bearer {token}\r\n");
     let smuggled = "GET /orders HTTP/1.1\r\nHost: gw\r\n\r\n";
     for (what, head, body) in [
@@ -724,8 +735,8 @@ async fn smuggling_attempts_never_yield_a_second_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_headers_neither_evade_nor_share_rate_limits() {
     let gw = Gateway::start(3).await;
-    let alice = gw.token("alice", "user").await;
-    let bob = gw.token("bob", "user").await;
+    let alice = gw.token("alice").await;
+    let bob = gw.token("bob").await;
     let mut statuses = Vec::new();
     for i in 0..6 {
         // Every request claims another client and another user.

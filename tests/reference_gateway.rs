@@ -55,18 +55,25 @@ impl Gateway {
         }
     }
 
-    async fn token(&self, sub: &str, roles: &str) -> String {
+    /// An access token for a demo user (the password grant, as the public
+    /// `demo-cli` client).
+    async fn token(&self, user: &str) -> String {
+        let password = app::auth_server::USERS
+            .iter()
+            .find(|u| u.name == user)
+            .expect("a demo user")
+            .password;
         let (status, body) = self
             .send(
-                Request::get(format!(
-                    "http://{}/token?sub={sub}&roles={roles}",
-                    self.auth
-                ))
-                .body(Full::default())
-                .unwrap(),
+                Request::post(format!("http://{}/token", self.auth))
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(Full::new(Bytes::from(format!(
+                        "grant_type=password&client_id=demo-cli&username={user}&password={password}"
+                    ))))
+                    .unwrap(),
             )
             .await;
-        assert_eq!(status, 200);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         serde_json::from_slice::<Value>(&body).unwrap()["access_token"]
             .as_str()
             .unwrap()
@@ -120,9 +127,9 @@ impl Gateway {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_gateway_authenticates_authorizes_and_forwards_over_mtls() {
     let gw = Gateway::start(1000).await;
-    let user = gw.token("alice", "user").await;
-    let admin = gw.token("root", "admin").await;
-    let nobody = gw.token("eve", "").await;
+    let user = gw.token("alice").await;
+    let admin = gw.token("root").await;
+    let nobody = gw.token("eve").await;
 
     let (s, body) = gw
         .call(
@@ -275,8 +282,8 @@ async fn the_reference_gateway_authenticates_authorizes_and_forwards_over_mtls()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_gateway_rate_limits_per_consumer() {
     let gw = Gateway::start(3).await;
-    let alice = gw.token("alice", "user").await;
-    let bob = gw.token("bob", "user").await;
+    let alice = gw.token("alice").await;
+    let bob = gw.token("bob").await;
     let mut statuses = Vec::new();
     for _ in 0..6 {
         statuses.push(
@@ -312,8 +319,8 @@ async fn the_reference_gateway_scrape_passes_promtool() {
         return;
     }
     let gw = Gateway::start(2).await;
-    let user = gw.token("alice", "user").await;
-    let admin = gw.token("root", "admin").await;
+    let user = gw.token("alice").await;
+    let admin = gw.token("root").await;
     gw.call(Method::GET, "/orders", Some(&user), None).await;
     // Past RBAC: the route's rate limit decides (and counts).
     gw.call(Method::GET, "/orders", Some(&admin), None).await;
@@ -379,7 +386,7 @@ async fn the_per_ip_limit_caps_unauthenticated_floods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_gateway_budgets_auth_failures_per_address() {
     let gw = Gateway::start(1000).await;
-    let user = gw.token("alice", "user").await;
+    let user = gw.token("alice").await;
     for i in 0..30 {
         let (status, _) = gw.call(Method::GET, "/orders", Some("x.y.z"), None).await;
         assert_eq!(status, 401, "bad token #{i}");
@@ -408,7 +415,7 @@ async fn the_reference_gateway_budgets_auth_failures_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reference_gateway_refuses_double_encoded_paths() {
     let gw = Gateway::start(1000).await;
-    let admin = gw.token("root", "admin").await;
+    let admin = gw.token("root").await;
     for path in ["/public/%252e%252e/orders", "/orders/%252e%252e/payments"] {
         let (status, body) = gw.call(Method::GET, path, Some(&admin), None).await;
         assert_eq!(status, 400, "{path}: {}", String::from_utf8_lossy(&body));

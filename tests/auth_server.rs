@@ -174,6 +174,15 @@ async fn the_password_grant_signs_a_demo_users_roles_with_a_refresh_token() {
         .await;
     assert_eq!(auth.verify(access_token(&ops)).await["sub"], "root");
 
+    // A public client may identify itself by Basic with an empty secret.
+    let public = auth
+        .token(
+            "grant_type=password&username=bob&password=bob-password",
+            Some(("demo-cli", "")),
+        )
+        .await;
+    assert_eq!(auth.verify(access_token(&public)).await["sub"], "bob");
+
     // A scope narrows the roles, never widens them.
     let narrowed = auth
         .token(

@@ -522,7 +522,8 @@ fn authenticate_client(
                     "client_id differs from Basic",
                 ));
             }
-            (id, Some(secret))
+            // A public client may send Basic with an empty secret.
+            (id, Some(secret).filter(|s| !s.is_empty()))
         }
         None => (
             form_id

@@ -13,7 +13,8 @@
 //!
 //! ```sh
 //! cargo run --example gateway
-//! TOKEN=$(curl -s 'http://127.0.0.1:9000/token?sub=alice&roles=user' | jq -r .access_token)
+//! TOKEN=$(curl -s -d grant_type=password -d client_id=demo-cli -d username=alice \
+//!     -d password=alice-password http://127.0.0.1:9000/token | jq -r .access_token)
 //! curl -i -X POST -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
 //!      -d '{"item":"book","quantity":1}' http://127.0.0.1:8080/orders        # 201
 //! curl -i -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/orders   # 403: admin only
@@ -149,7 +150,7 @@ async fn main() -> Result<(), app::BoxError> {
     let running = app::start(config).await?;
     println!("gateway      http://{}", running.gateway);
     println!(
-        "auth server  http://{}  (token: /token?sub=alice&roles=user)",
+        "auth server  http://{}  (POST /token: grant_type=password, client_id=demo-cli, alice/alice-password, root/root-password)",
         running.auth
     );
     for (name, addr) in &running.services {

@@ -166,6 +166,32 @@ async fn main() -> Result<(), app::BoxError> {
             port + 2
         );
     }
+    // Ready-to-paste commands, with tokens obtained the way a client
+    // would: the password grant at the auth server's token endpoint.
+    match (
+        demo_token(running.auth, "alice", "alice-password").await,
+        demo_token(running.auth, "root", "root-password").await,
+    ) {
+        (Ok(user), Ok(admin)) => {
+            let gw = running.gateway;
+            println!();
+            println!("USER_TOKEN={user}");
+            println!("ADMIN_TOKEN={admin}");
+            println!(
+                "curl -i -X POST -H \"Authorization: Bearer $USER_TOKEN\" -H 'content-type: application/json' -d '{{\"item\":\"book\",\"quantity\":1}}' http://{gw}/orders   # 201"
+            );
+            println!(
+                "curl -i -H \"Authorization: Bearer $USER_TOKEN\" http://{gw}/orders    # 403: admins only"
+            );
+            println!(
+                "curl -i -H \"Authorization: Bearer $ADMIN_TOKEN\" http://{gw}/orders   # 200"
+            );
+            println!("curl -i http://{gw}/orders                                          # 401");
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!(%error, "could not obtain the demo tokens");
+        }
+    }
     stop_signal().await?;
     tracing::info!("shutting down: finishing in-flight requests");
     let report = running.shutdown().await?;
@@ -191,4 +217,32 @@ async fn stop_signal() -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     tokio::signal::ctrl_c().await
+}
+
+/// An access token for a demo user, from the auth server's token endpoint
+/// (RFC 6749 §4.3, the password grant, as the public client `demo-cli`).
+async fn demo_token(
+    auth: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> Result<String, app::BoxError> {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let form =
+        format!("grant_type=password&client_id=demo-cli&username={user}&password={password}");
+    let request = http::Request::post(format!("http://{auth}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(bytes::Bytes::from(form)))?;
+    let response = client.request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        return Err(format!("token endpoint answered {status}").into());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body)?;
+    json["access_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| "no access_token in the answer".into())
 }

@@ -23,6 +23,113 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Names the edge and the proxy look for, each a bit of [`HeaderScan`].
+pub(crate) mod known {
+    pub(crate) const CONNECTION: u32 = 1;
+    pub(crate) const KEEP_ALIVE: u32 = 1 << 1;
+    pub(crate) const PROXY_CONNECTION: u32 = 1 << 2;
+    pub(crate) const PROXY_AUTHENTICATE: u32 = 1 << 3;
+    pub(crate) const PROXY_AUTHORIZATION: u32 = 1 << 4;
+    pub(crate) const TE: u32 = 1 << 5;
+    pub(crate) const TRAILER: u32 = 1 << 6;
+    pub(crate) const TRANSFER_ENCODING: u32 = 1 << 7;
+    pub(crate) const UPGRADE: u32 = 1 << 8;
+    pub(crate) const HOST: u32 = 1 << 9;
+    pub(crate) const FORWARDED: u32 = 1 << 10;
+    pub(crate) const X_FORWARDED_FOR: u32 = 1 << 11;
+    pub(crate) const X_FORWARDED_PROTO: u32 = 1 << 12;
+    pub(crate) const X_FORWARDED_HOST: u32 = 1 << 13;
+    pub(crate) const X_REAL_IP: u32 = 1 << 14;
+    pub(crate) const VIA: u32 = 1 << 15;
+
+    /// Everything hop-by-hop, `Connection` (and what it names) included.
+    pub(crate) const HOP_BY_HOP: u32 = CONNECTION
+        | KEEP_ALIVE
+        | PROXY_CONNECTION
+        | PROXY_AUTHENTICATE
+        | PROXY_AUTHORIZATION
+        | TE
+        | TRAILER
+        | TRANSFER_ENCODING
+        | UPGRADE;
+
+    pub(super) fn of(name: &str) -> u32 {
+        match name {
+            "connection" => CONNECTION,
+            "keep-alive" => KEEP_ALIVE,
+            "proxy-connection" => PROXY_CONNECTION,
+            "proxy-authenticate" => PROXY_AUTHENTICATE,
+            "proxy-authorization" => PROXY_AUTHORIZATION,
+            "te" => TE,
+            "trailer" => TRAILER,
+            "transfer-encoding" => TRANSFER_ENCODING,
+            "upgrade" => UPGRADE,
+            "host" => HOST,
+            "forwarded" => FORWARDED,
+            "x-forwarded-for" => X_FORWARDED_FOR,
+            "x-forwarded-proto" => X_FORWARDED_PROTO,
+            "x-forwarded-host" => X_FORWARDED_HOST,
+            "x-real-ip" => X_REAL_IP,
+            "via" => VIA,
+            _ => 0,
+        }
+    }
+}
+
+/// What a header section holds of the names the edge and the proxy act
+/// on, its `Host` lines and its size, found in one pass over its fields.
+///
+/// Most requests carry none of those names but `Host`; with the scan in
+/// hand, a step that would look each of them up (a hash and a probe per
+/// name, and per removal) skips straight past.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HeaderScan {
+    found: u32,
+    hosts: u32,
+    list_size: usize,
+}
+
+impl HeaderScan {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Self::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            // The size as HTTP/2 counts it (RFC 9113 §6.5.2): name, value
+            // and 32 bytes per field.
+            scan.list_size += name.len() + value.len() + 32;
+            let bit = known::of(name);
+            scan.found |= bit;
+            if bit == known::HOST {
+                scan.hosts += 1;
+            }
+        }
+        scan
+    }
+
+    /// Whether any of `names` (bits of [`known`]) is present.
+    pub(crate) fn has(&self, names: u32) -> bool {
+        self.found & names != 0
+    }
+
+    /// How many `Host` lines there are.
+    pub(crate) fn hosts(&self) -> u32 {
+        self.hosts
+    }
+
+    /// The section's size as HTTP/2 counts it.
+    pub(crate) fn list_size(&self) -> usize {
+        self.list_size
+    }
+}
+
+/// Removes every hop-by-hop header from a response the proxy returns (one
+/// pass over the names when there is none, as is usual).
+pub(crate) fn strip_response(headers: &mut HeaderMap) {
+    if HeaderScan::of(headers).has(known::HOP_BY_HOP) {
+        remove_hop_by_hop(headers, false);
+    }
+}
+
 /// Whether the request asks to switch protocols (WebSocket and the like):
 /// `Connection: upgrade` with an `Upgrade` header.
 pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {

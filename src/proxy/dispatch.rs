@@ -21,7 +21,7 @@ use super::{
     route::{RouteAttempts, RouteTimeout, RouteUpstream, StripPrefix},
 };
 use crate::connection::ClientAddr;
-use crate::hop_by_hop::{is_upgrade, remove_fixed, remove_hop_by_hop};
+use crate::hop_by_hop::{HeaderScan, is_upgrade, known, remove_fixed, strip_response};
 use crate::reject::{Rejection, RejectionKind, RequestHead};
 use crate::route::Routes;
 
@@ -43,15 +43,6 @@ pub struct Proxy {
 
 /// The default of [`Proxy::max_request_header_bytes`]: 32 KiB.
 pub const DEFAULT_MAX_REQUEST_HEADER_BYTES: usize = 32 * 1024;
-
-/// The size of a header section as HTTP/2 counts it (RFC 9113 §6.5.2: name
-/// and value plus 32 bytes per field).
-fn header_list_size(headers: &http::HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 32)
-        .sum()
-}
 
 impl fmt::Debug for Proxy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,7 +161,7 @@ impl Future for ProxyFuture {
                     let upstream_upgrade = hyper::upgrade::on(&mut response);
                     tokio::spawn(tunnel(client_upgrade, upstream_upgrade));
                 } else {
-                    remove_hop_by_hop(response.headers_mut(), false);
+                    strip_response(response.headers_mut());
                 }
                 Poll::Ready(Ok(response))
             }
@@ -205,7 +196,10 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // Before anything is forwarded: a header section an upstream may
         // answer with a connection error (see `max_request_header_bytes`).
-        if header_list_size(request.headers()) > self.max_header_bytes {
+        // One pass over the header names tells what the steps below would
+        // otherwise look up one by one.
+        let scan = HeaderScan::of(request.headers());
+        if scan.list_size() > self.max_header_bytes {
             return self.refuse(
                 &request,
                 Rejection::new(
@@ -218,13 +212,7 @@ where
         // RFC 9112 §3.2: more than one `Host` is a 400. Routing reads the
         // first; a preserved `Host` would pass both on for the upstream to
         // pick one.
-        if request
-            .headers()
-            .get_all(header::HOST)
-            .iter()
-            .nth(1)
-            .is_some()
-        {
+        if scan.hosts() > 1 {
             return self.refuse(
                 &request,
                 Rejection::bad_request("invalid_host", "more than one Host header"),
@@ -256,7 +244,7 @@ where
         if matched.setting::<StripPrefix>().is_some() {
             strip_prefix(request.uri_mut(), matched.route().prefix_str());
         }
-        let upgrade = is_upgrade(request.headers());
+        let upgrade = scan.has(known::UPGRADE) && is_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         // RFC 9112 §3.2.2: for an absolute-form target (and HTTP/2's
         // `:authority`) the URI's authority is the host; a `Host` header
@@ -276,9 +264,12 @@ where
         let headers = request.headers_mut();
         // The edge removed what the client named in `Connection` before any
         // layer ran; removing it here would remove what the layers set.
-        remove_fixed(headers, upgrade);
+        if scan.has(known::HOP_BY_HOP) {
+            remove_fixed(headers, upgrade);
+        }
         add_forwarding(
             headers,
+            &scan,
             self.forwarded,
             client,
             if self.https { "https" } else { "http" },
@@ -286,7 +277,9 @@ where
         );
         // The upstream gets its endpoint's authority as `Host`, unless the
         // client's is preserved.
-        headers.remove(header::HOST);
+        if scan.has(known::HOST) {
+            headers.remove(header::HOST);
+        }
         if self.preserve_host
             && let Some(host) = original_host
         {

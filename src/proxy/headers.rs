@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use crate::client_addr::canonical;
+use crate::hop_by_hop::{HeaderScan, known};
 
 /// How the proxy tells the upstream about the original request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,9 +29,11 @@ pub enum ForwardedHeaders {
 /// request from: it is appended after every line of the header the request
 /// carried, combined into one line (RFC 9110 §5.3: the lines are one list),
 /// so an upstream walking the list from the right with the gateway's trusted
-/// proxies finds the client the gateway resolved.
+/// proxies finds the client the gateway resolved. `scan` says which of the
+/// headers involved the request carries; those it lacks are not looked up.
 pub(crate) fn add_forwarding(
     headers: &mut HeaderMap,
+    scan: &HeaderScan,
     style: ForwardedHeaders,
     peer: Option<SocketAddr>,
     proto: &'static str,
@@ -40,52 +43,79 @@ pub(crate) fn add_forwarding(
     // client's headers of the other style (and `X-Real-IP`, which nothing
     // here sets) would reach the upstream as if the gateway had checked
     // them, naming whatever client address the caller likes.
-    match style {
-        ForwardedHeaders::XForwarded => {
-            headers.remove(header::FORWARDED);
-            headers.remove("x-real-ip");
-        }
+    let foreign = match style {
+        ForwardedHeaders::XForwarded => known::FORWARDED | known::X_REAL_IP,
         ForwardedHeaders::Forwarded => {
-            for name in [
-                "x-forwarded-for",
-                "x-forwarded-proto",
-                "x-forwarded-host",
-                "x-real-ip",
-            ] {
+            known::X_FORWARDED_FOR
+                | known::X_FORWARDED_PROTO
+                | known::X_FORWARDED_HOST
+                | known::X_REAL_IP
+        }
+        ForwardedHeaders::None => 0,
+    };
+    if scan.has(foreign) {
+        for (bit, name) in [
+            (known::FORWARDED, header::FORWARDED),
+            (known::X_FORWARDED_FOR, X_FORWARDED_FOR),
+            (known::X_FORWARDED_PROTO, X_FORWARDED_PROTO),
+            (known::X_FORWARDED_HOST, X_FORWARDED_HOST),
+            (known::X_REAL_IP, X_REAL_IP),
+        ] {
+            if foreign & bit != 0 && scan.has(bit) {
                 headers.remove(name);
             }
         }
-        ForwardedHeaders::None => {}
     }
+    // Room for what is added below (forwarding headers and `Via`) at
+    // once, rather than a growth step on the way.
+    headers.reserve(4);
     match style {
         ForwardedHeaders::XForwarded => {
             if let Some(peer) = peer {
-                // One allocation, handed to the header without a copy.
-                let mut value = prior_list(headers, X_FORWARDED_FOR, 39);
-                let _ = write!(value, "{}", canonical(peer.ip()));
+                // One allocation of the exact size, handed to the header
+                // without a copy.
+                let ip = IpText::of(canonical(peer.ip()));
+                let mut value = if scan.has(known::X_FORWARDED_FOR) {
+                    prior_list(headers, X_FORWARDED_FOR, ip.as_bytes().len())
+                } else {
+                    Vec::with_capacity(ip.as_bytes().len())
+                };
+                value.extend_from_slice(ip.as_bytes());
                 set_list(headers, X_FORWARDED_FOR, value);
             }
-            headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
             match original_host {
                 Some(host) => {
-                    headers.insert("x-forwarded-host", host.clone());
+                    headers.insert(X_FORWARDED_HOST, host.clone());
                 }
                 // No host to vouch for (HTTP/1.0): not the client's either.
                 None => {
-                    headers.remove("x-forwarded-host");
+                    if scan.has(known::X_FORWARDED_HOST) {
+                        headers.remove(X_FORWARDED_HOST);
+                    }
                 }
             }
         }
         ForwardedHeaders::Forwarded => {
             let host = original_host.and_then(|h| h.to_str().ok());
             let extra = 56 + proto.len() + host.map_or(0, |h| h.len() + 8);
-            let mut value = prior_list(headers, header::FORWARDED, extra);
+            let mut value = if scan.has(known::FORWARDED) {
+                prior_list(headers, header::FORWARDED, extra)
+            } else {
+                Vec::with_capacity(extra)
+            };
             if let Some(peer) = peer {
                 // RFC 7239 §6: IPv6 addresses are quoted and bracketed.
-                let _ = match canonical(peer.ip()) {
-                    IpAddr::V4(ip) => write!(value, "for={ip};"),
-                    IpAddr::V6(ip) => write!(value, "for=\"[{ip}]\";"),
-                };
+                match canonical(peer.ip()) {
+                    ip @ IpAddr::V4(_) => {
+                        value.extend_from_slice(b"for=");
+                        value.extend_from_slice(IpText::of(ip).as_bytes());
+                        value.push(b';');
+                    }
+                    IpAddr::V6(ip) => {
+                        let _ = write!(value, "for=\"[{ip}]\";");
+                    }
+                }
             }
             value.extend_from_slice(b"proto=");
             value.extend_from_slice(proto.as_bytes());
@@ -99,7 +129,12 @@ pub(crate) fn add_forwarding(
         ForwardedHeaders::None => {}
     }
     const VIA: &str = "1.1 tower-gateway";
-    let via = match headers.get(header::VIA).map(|v| v.to_str()) {
+    let prior = if scan.has(known::VIA) {
+        headers.get(header::VIA).map(|v| v.to_str())
+    } else {
+        None
+    };
+    let via = match prior {
         None => HeaderValue::from_static(VIA),
         Some(Ok(prior)) => match HeaderValue::try_from(format!("{prior}, {VIA}")) {
             Ok(value) => value,
@@ -111,10 +146,64 @@ pub(crate) fn add_forwarding(
     headers.insert(header::VIA, via);
 }
 
+/// An IP address in its usual text form, on the stack; IPv4 without the
+/// formatting machinery, which costs more than the rest of the header
+/// rewrite.
+struct IpText {
+    // The longest IPv6 text form is 45 bytes.
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(ip) => {
+                for (i, octet) in ip.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(ip) => {
+                let mut cursor = std::io::Cursor::new(&mut text.buf[..]);
+                let _ = write!(cursor, "{ip}");
+                text.len = usize::try_from(cursor.position()).unwrap_or(0);
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Every non-blank line of `name`, joined into one list with `, ` and
-/// followed by `, ` when there was any, with room for `extra` more bytes.
+/// followed by `, ` when there was any, with room for exactly `extra` more
+/// bytes (a vector filled to its capacity becomes a `Bytes` without
+/// another allocation).
 /// The bytes are kept as they came: a line that is not text still ends an
 /// upstream's walk of the list where it ended the gateway's.
 fn prior_list(headers: &HeaderMap, name: HeaderName, extra: usize) -> Vec<u8> {
@@ -148,6 +237,38 @@ mod tests {
     use super::*;
     use http::HeaderName;
 
+    fn add_forwarding_scanned(
+        headers: &mut HeaderMap,
+        style: ForwardedHeaders,
+        peer: Option<SocketAddr>,
+        proto: &'static str,
+        original_host: Option<&HeaderValue>,
+    ) {
+        let scan = HeaderScan::of(headers);
+        add_forwarding(headers, &scan, style, peer, proto, original_host);
+    }
+
+    #[test]
+    fn ip_text_form() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.99.100.255",
+            "192.168.1.10",
+            "255.255.255.255",
+        ] {
+            assert_eq!(IpText::of(ip.parse().unwrap()).as_bytes(), ip.as_bytes());
+        }
+        for ip in [
+            "2001:db8::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+            "::",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(parsed).as_bytes(), parsed.to_string().as_bytes());
+        }
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -163,7 +284,7 @@ mod tests {
     fn forwarding_headers_append() {
         let mut h = map(&[("x-forwarded-for", "203.0.113.9"), ("via", "1.0 edge")]);
         let host = HeaderValue::from_static("shop.example");
-        add_forwarding(
+        add_forwarding_scanned(
             &mut h,
             ForwardedHeaders::XForwarded,
             Some("192.0.2.1:5000".parse().unwrap()),
@@ -176,7 +297,7 @@ mod tests {
         assert_eq!(h["via"], "1.0 edge, 1.1 tower-gateway");
 
         let mut h = HeaderMap::new();
-        add_forwarding(
+        add_forwarding_scanned(
             &mut h,
             ForwardedHeaders::Forwarded,
             Some("[2001:db8::1]:1".parse().unwrap()),
@@ -196,7 +317,7 @@ mod tests {
             ("x-forwarded-for", " "),
             ("x-forwarded-for", "203.0.113.9, 10.0.0.2"),
         ]);
-        add_forwarding(
+        add_forwarding_scanned(
             &mut h,
             ForwardedHeaders::XForwarded,
             Some("[::ffff:10.0.0.1]:5000".parse().unwrap()),
@@ -210,7 +331,7 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        add_forwarding(&mut h, ForwardedHeaders::XForwarded, None, "http", None);
+        add_forwarding_scanned(&mut h, ForwardedHeaders::XForwarded, None, "http", None);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 2);
     }
 
@@ -222,7 +343,7 @@ mod tests {
             ("x-forwarded-for", "7.7.7.7"),
         ]);
         let host = HeaderValue::from_static("shop.\"example");
-        add_forwarding(
+        add_forwarding_scanned(
             &mut h,
             ForwardedHeaders::Forwarded,
             Some("10.0.0.1:1".parse().unwrap()),
@@ -245,7 +366,7 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_bytes(b"\xff1.1.1.1").unwrap(),
         );
-        add_forwarding(
+        add_forwarding_scanned(
             &mut h,
             ForwardedHeaders::XForwarded,
             Some("192.0.2.1:1".parse().unwrap()),

@@ -315,13 +315,14 @@ impl Routes {
 
     /// Matches a request whose path is already normalized.
     fn find<B>(&self, request: &Request<B>, path: &str) -> Landed {
-        let host = host_of(request);
+        // Read only if some route names a host: most tables have none.
+        let mut host: Option<Option<&str>> = None;
         let mut best: Option<(usize, (bool, usize, bool))> = None;
         let mut path_matched = false;
         for (index, entry) in self.entries.iter().enumerate() {
             let route = entry.route();
             if let Some(pattern) = &route.host
-                && !host_matches(pattern, host)
+                && !host_matches(pattern, *host.get_or_insert_with(|| host_of(request)))
             {
                 continue;
             }

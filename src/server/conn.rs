@@ -15,6 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version, header};
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
@@ -23,17 +24,12 @@ use hyper_util::{
     server::conn::auto,
 };
 use pin_project_lite::pin_project;
-use tokio::{net::TcpStream, sync::Notify};
+use tokio::net::TcpStream;
 use tower::util::Oneshot;
 use tower_service::Service;
 
 use super::{
-    BoxError, Limits,
-    body::Body,
-    edge::Edge,
-    io::ProgressIo,
-    serve::Slots,
-    shutdown::{Signals, cut, draining},
+    BoxError, Limits, body::Body, edge::Edge, io::ProgressIo, serve::Slots, shutdown::Signals,
 };
 use crate::{
     connection::{ClientAddr, RequestBodyTimeout},
@@ -54,6 +50,14 @@ pub(crate) struct Shared {
 const HTTP1: u8 = 1;
 const HTTP2: u8 = 2;
 
+/// The accept loop asks the connection to close: it is idle, and a slot
+/// is needed.
+pub(crate) const EVICT: u8 = 1;
+/// The server shuts down: finish what is in flight, then close.
+pub(crate) const DRAIN: u8 = 1 << 1;
+/// The shutdown deadline passed: close now.
+pub(crate) const CUT: u8 = 1 << 2;
+
 /// One connection's state, shared by its requests, its idle watch and the
 /// accept loop (which may ask an idle connection to make room).
 #[derive(Debug)]
@@ -69,9 +73,13 @@ pub(crate) struct ConnState {
     /// only when the idle timer fires, so a request costs a clock read,
     /// not a timer reset.
     idle_since: AtomicU64,
-    /// The accept loop asks this connection to close (it is idle and a
-    /// slot is needed); `evicting` once asked.
-    evict: Notify,
+    /// What the server asks of the connection ([`EVICT`], [`DRAIN`],
+    /// [`CUT`]), and the task to wake when it does. One atomic load per
+    /// wake-up of the connection task, where a `Notify` per signal would
+    /// take a lock each.
+    signals: AtomicU8,
+    waker: AtomicWaker,
+    /// Asked to close, or no longer HTTP: never an eviction victim.
     evicting: AtomicBool,
     /// The protocol, once a request told.
     protocol: AtomicU8,
@@ -86,7 +94,8 @@ impl ConnState {
             open: AtomicUsize::new(0),
             born: Instant::now(),
             idle_since: AtomicU64::new(0),
-            evict: Notify::new(),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
             evicting: AtomicBool::new(false),
             protocol: AtomicU8::new(0),
             body_unread: AtomicBool::new(false),
@@ -124,7 +133,32 @@ impl ConnState {
     /// Asks the connection to close gracefully.
     pub(crate) fn evict(&self) {
         self.evicting.store(true, Ordering::Relaxed);
-        self.evict.notify_one();
+        self.raise(EVICT);
+    }
+
+    /// Raises `signal` ([`EVICT`], [`DRAIN`] or [`CUT`]) and wakes the
+    /// connection's task.
+    pub(crate) fn raise(&self, signal: u8) {
+        self.signals.fetch_or(signal, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Completes once any signal is raised.
+    async fn signalled(&self) {
+        std::future::poll_fn(|cx| {
+            if self.poll_signals(cx) == 0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await;
+    }
+
+    /// The signals raised so far; the task is woken when another is.
+    fn poll_signals(&self, cx: &mut Context<'_>) -> u8 {
+        self.waker.register(cx.waker());
+        self.signals.load(Ordering::Acquire)
     }
 
     fn idle_timeout(&self, limits: &Limits) -> Duration {
@@ -188,7 +222,9 @@ pub(crate) async fn serve_connection<S, B>(
 {
     let _ = tcp.set_nodelay(true);
     let limits = shared.limits;
-    let mut drain = shared.signals.drain.clone();
+    // Held, not awaited, until the connection ends: shutdown waits for
+    // every clone to drop. The signals themselves come through `state`.
+    let drain = shared.signals.drain.clone();
     // The auto builder waits for the first bytes (HTTP/2 preface or not)
     // with no timeout of its own: a client that sends nothing would hold
     // the connection forever.
@@ -200,12 +236,11 @@ pub(crate) async fn serve_connection<S, B>(
         )
     };
     tokio::select! {
-        () = state.evict.notified() => return,
+        () = state.signalled() => return,
         sent = first_byte => if !sent {
             tracing::debug!(target: "tower_gateway::server", %remote, "no request within the header read timeout");
             return;
         },
-        () = draining(&mut drain) => return,
     }
     let io = ProgressIo::new(tcp, limits.progress_timeout, slots);
     #[cfg(feature = "tls")]
@@ -228,7 +263,7 @@ async fn serve_tls<S, B>(
     remote: SocketAddr,
     service: S,
     shared: &Shared,
-    mut drain: tokio::sync::watch::Receiver<bool>,
+    drain: tokio::sync::watch::Receiver<bool>,
     state: Arc<ConnState>,
 ) where
     S: Service<Request<Body>, Response = Response<B>> + Clone + Send + 'static,
@@ -240,7 +275,7 @@ async fn serve_tls<S, B>(
     let handshake = tokio::time::timeout(shared.limits.header_read_timeout, acceptor.accept(io));
     let accepted = tokio::select! {
         accepted = handshake => accepted,
-        () = draining(&mut drain) => return,
+        () = state.signalled() => return,
     };
     let accepted = match accepted {
         Ok(Ok(accepted)) => accepted,
@@ -271,7 +306,7 @@ async fn http<I, S, B>(
     remote: SocketAddr,
     service: S,
     shared: &Shared,
-    mut drain: tokio::sync::watch::Receiver<bool>,
+    drain: tokio::sync::watch::Receiver<bool>,
     state: Arc<ConnState>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -287,28 +322,47 @@ async fn http<I, S, B>(
         client: ClientAddr(remote),
         progress_timeout: shared.limits.progress_timeout,
     };
-    let mut cut_signal = shared.signals.cut.clone();
     let mut conn = pin!(shared.builder.serve_connection_with_upgrades(io, service));
     let mut idle = pin!(state.idle(&shared.limits));
     let mut closing = false;
+    // A signal raised before this point (a drain while the first byte was
+    // awaited) is still set: it is seen on the first poll.
+    let _drain = drain;
     let result = loop {
-        tokio::select! {
-            result = conn.as_mut() => break result,
-            () = state.evict.notified(), if !closing => {
-                tracing::debug!(target: "tower_gateway::server", %remote, "closing an idle connection to make room");
+        // One poll function rather than a `select!` of a future per
+        // signal: the connection is polled first, and each wake-up then
+        // costs an atomic load and, while open, the idle timer's poll.
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Event::Done(result));
+            }
+            let signals = state.poll_signals(cx);
+            if signals & CUT != 0 {
+                return Poll::Ready(Event::Cut);
+            }
+            if closing {
+                return Poll::Pending;
+            }
+            if signals & EVICT != 0 {
+                return Poll::Ready(Event::Close("closing an idle connection to make room"));
+            }
+            if signals & DRAIN != 0 {
+                return Poll::Ready(Event::Close("closing at shutdown"));
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Close("closing an idle connection"));
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Done(result) => break result,
+            Event::Close(why) => {
+                tracing::debug!(target: "tower_gateway::server", %remote, "{why}");
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = draining(&mut drain), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = idle.as_mut(), if !closing => {
-                tracing::debug!(target: "tower_gateway::server", %remote, "closing an idle connection");
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            () = cut(&mut cut_signal) => {
+            Event::Cut => {
                 shared.signals.cut_one();
                 tracing::debug!(target: "tower_gateway::server", %remote, "connection cut at the shutdown deadline");
                 return;
@@ -321,6 +375,16 @@ async fn http<I, S, B>(
     if let Err(error) = result {
         tracing::debug!(target: "tower_gateway::server", %remote, %error, "connection ended with an error");
     }
+}
+
+/// What ended a wait of the connection loop.
+enum Event<R> {
+    /// The connection is over.
+    Done(R),
+    /// Close gracefully, for the reason given.
+    Close(&'static str),
+    /// The shutdown deadline passed.
+    Cut,
 }
 
 /// The per-connection hyper service: the request enters as hyper's, leaves

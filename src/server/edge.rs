@@ -3,12 +3,12 @@
 
 use std::task::{Context, Poll};
 
-use http::{Request, Response, Version, header, uri::Authority};
+use http::{Request, Response, Version, header};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
-    hop_by_hop::{is_upgrade, remove_hop_by_hop},
+    hop_by_hop::{HeaderScan, is_upgrade, known, remove_hop_by_hop},
     reject::{
         Rejection, RejectionKind, RenderFuture, Renderer, RequestHead, ResponseBody, ResponseFuture,
     },
@@ -140,15 +140,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let future = if let Err(refusal) = check(&request) {
+        let scan = HeaderScan::of(request.headers());
+        let future = if let Err(refusal) = check(&request, &scan) {
             ResponseFuture::rejected(
                 refusal
                     .rejection()
                     .into_response(&RequestHead::of(&request)),
             )
         } else {
-            let upgrade = is_upgrade(request.headers());
-            remove_hop_by_hop(request.headers_mut(), upgrade);
+            if scan.has(known::HOP_BY_HOP) {
+                let upgrade = scan.has(known::UPGRADE) && is_upgrade(request.headers());
+                remove_hop_by_hop(request.headers_mut(), upgrade);
+            }
             ResponseFuture::inner(self.inner.call(request))
         };
         RenderFuture::new(future, self.renderer.clone())
@@ -182,16 +185,18 @@ impl Refusal {
     }
 }
 
-/// Checks the request head; a few header lookups.
-fn check<B>(request: &Request<B>) -> Result<(), Refusal> {
+/// Checks the request head: the scan says which headers are there, so a
+/// usual request costs one lookup (`Host`).
+fn check<B>(request: &Request<B>, scan: &HeaderScan) -> Result<(), Refusal> {
     let headers = request.headers();
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
-    if let Some(first) = codings.next() {
-        let chunked_only = codings.next().is_none()
-            && first
+    if scan.has(known::TRANSFER_ENCODING) {
+        let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter();
+        let chunked_only = codings.next().is_some_and(|first| {
+            first
                 .as_bytes()
                 .trim_ascii()
-                .eq_ignore_ascii_case(b"chunked");
+                .eq_ignore_ascii_case(b"chunked")
+        }) && codings.next().is_none();
         if !chunked_only {
             return Err(Refusal::TransferCoding);
         }
@@ -203,19 +208,69 @@ fn check<B>(request: &Request<B>) -> Result<(), Refusal> {
     {
         return Err(Refusal::UserInfo);
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let valid = match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => false,
+    let valid = match scan.hosts() {
+        0 => request.version() != Version::HTTP_11,
         // RFC 9112 §3.2: empty when the target has no authority.
-        (Some(host), None) => {
-            host.is_empty()
-                || Authority::try_from(host.as_bytes())
-                    .is_ok_and(|authority| !authority.as_str().contains('@'))
-        }
+        1 => headers
+            .get(header::HOST)
+            .is_some_and(|host| host.is_empty() || valid_host(host.as_bytes())),
         // HTTP/2 carries `:authority` in the URI; HTTP/1.0 may omit `Host`.
-        (None, _) => request.version() != Version::HTTP_11,
+        _ => false,
     };
     if valid { Ok(()) } else { Err(Refusal::Host) }
+}
+
+/// Whether `host` is a `Host` value (RFC 9110 §7.2: `uri-host [ ":" port
+/// ]`) without user info: a bracketed IP literal or a name of the
+/// characters RFC 3986 allows, then an optional port of digits. Checked in
+/// place — parsing it as an `Authority` would copy it.
+fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
+        let Some(end) = rest.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (literal, after) = rest.split_at(end);
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.' | b'%' | b'v' | b'V'))
+        {
+            return false;
+        }
+        match &after[1..] {
+            [] => (literal, None),
+            [b':', port @ ..] => (literal, Some(port)),
+            _ => return false,
+        }
+    } else {
+        match host.iter().rposition(|&b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        }
+    };
+    let name_ok = host.starts_with(b"[")
+        || name.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
+        });
+    name_ok && port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
 }
 
 #[cfg(test)]
@@ -231,7 +286,8 @@ mod tests {
     }
 
     fn status(request: &Request<()>) -> u16 {
-        check(request).map_or_else(|r| r.rejection().status().as_u16(), |()| 200)
+        check(request, &HeaderScan::of(request.headers()))
+            .map_or_else(|r| r.rejection().status().as_u16(), |()| 200)
     }
 
     #[test]
@@ -252,6 +308,14 @@ mod tests {
             400
         );
         assert_eq!(status(&request(Version::HTTP_10, "/", &[])), 200);
+        for ok in ["a.example:8080", "[::1]:80", "[::1]", "10.0.0.1", "a", "a:"] {
+            assert_eq!(status(&request(h11, "/", &[("host", ok)])), 200, "{ok}");
+        }
+        for bad in [
+            "a:b", "[::1", "[::1]x", "[]", "a:123456", "a/b", "a?b", "a:80:x", "[::1]@a",
+        ] {
+            assert_eq!(status(&request(h11, "/", &[("host", bad)])), 400, "{bad}");
+        }
         assert_eq!(status(&request(Version::HTTP_2, "https://a/", &[])), 200);
     }
 

@@ -26,7 +26,7 @@ use tower_service::Service;
 use super::{
     BoxError, Limits, ShutdownReport,
     body::Body,
-    conn::{ConnState, Shared, serve_connection},
+    conn::{CUT, ConnState, DRAIN, Shared, serve_connection},
     shutdown::Shutdown,
 };
 use crate::reject::Renderer;
@@ -336,7 +336,10 @@ where
     drop(listener);
     drop(shared);
     let open = max_connections - slots.available_permits();
-    shutdown.run(open, limits.shutdown_timeout).await
+    registry.raise_all(DRAIN);
+    shutdown
+        .run(open, limits.shutdown_timeout, || registry.raise_all(CUT))
+        .await
 }
 
 /// Errors about one connection that came and went before it was accepted;
@@ -435,6 +438,13 @@ impl Registry {
             ip,
             id,
         })
+    }
+
+    /// Raises `signal` on every open connection.
+    fn raise_all(&self, signal: u8) {
+        for (_, state) in self.lock().conns.values() {
+            state.raise(signal);
+        }
     }
 
     /// Asks the longest-idle connection (of `ip`, if given) to close.

@@ -2,7 +2,6 @@
 //! rest at the deadline.
 
 use std::{
-    future::pending,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -23,12 +22,13 @@ pub struct ShutdownReport {
     pub cut: usize,
 }
 
-/// The connections' side of the shutdown: the signals they watch, and the
-/// count of those cut.
+/// The connections' side of the shutdown: a receiver each connection task
+/// holds until it ends (the shutdown waits for the last one to drop), and
+/// the count of those cut. The drain and cut signals themselves reach each
+/// connection through its own state (see `conn::ConnState::raise`).
 #[derive(Debug, Clone)]
 pub(crate) struct Signals {
     pub(crate) drain: watch::Receiver<bool>,
-    pub(crate) cut: watch::Receiver<bool>,
     cut_count: Arc<AtomicUsize>,
 }
 
@@ -42,59 +42,40 @@ impl Signals {
 #[derive(Debug)]
 pub(crate) struct Shutdown {
     drain: watch::Sender<bool>,
-    cut: watch::Sender<bool>,
     cut_count: Arc<AtomicUsize>,
 }
 
 impl Shutdown {
     pub(crate) fn new() -> (Self, Signals) {
         let (drain, drain_rx) = watch::channel(false);
-        let (cut, cut_rx) = watch::channel(false);
         let cut_count = Arc::new(AtomicUsize::new(0));
         let signals = Signals {
             drain: drain_rx,
-            cut: cut_rx,
             cut_count: cut_count.clone(),
         };
-        (
-            Self {
-                drain,
-                cut,
-                cut_count,
-            },
-            signals,
-        )
+        (Self { drain, cut_count }, signals)
     }
 
-    /// Asks every connection to finish (HTTP/2 GOAWAY, HTTP/1.1
-    /// `Connection: close` on the current response) and waits for them
-    /// until `timeout`; then cuts those left. Every [`Signals`] must have
-    /// been handed to connection tasks or dropped: the wait ends when the
-    /// last one is dropped.
-    pub(crate) async fn run(self, open: usize, timeout: Duration) -> ShutdownReport {
+    /// Waits until `timeout` for the connections, already asked to finish
+    /// (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close` on the current
+    /// response), to end; then cuts those left (`cut_all`) and waits for
+    /// them to go. Every [`Signals`] must have been handed to connection
+    /// tasks or dropped: the wait ends when the last one is dropped.
+    pub(crate) async fn run(
+        self,
+        open: usize,
+        timeout: Duration,
+        cut_all: impl FnOnce(),
+    ) -> ShutdownReport {
         self.drain.send_replace(true);
         let finished = tokio::time::timeout(timeout, self.drain.closed()).await;
         if finished.is_err() {
-            self.cut.send_replace(true);
+            cut_all();
             self.drain.closed().await;
         }
         ShutdownReport {
             open,
             cut: self.cut_count.load(Ordering::Relaxed),
         }
-    }
-}
-
-/// Completes when the server asks connections to finish, or was dropped
-/// (then connections finish on their own terms, as before a shutdown).
-pub(crate) async fn draining(drain: &mut watch::Receiver<bool>) {
-    let _ = drain.wait_for(|draining| *draining).await;
-}
-
-/// Completes when the shutdown deadline has passed; never if the server
-/// was dropped without a shutdown.
-pub(crate) async fn cut(cut: &mut watch::Receiver<bool>) {
-    if cut.wait_for(|cut| *cut).await.is_err() {
-        pending::<()>().await;
     }
 }

@@ -15,7 +15,7 @@
 //! curl -i localhost:8080/orders                                          # 401, WWW-Authenticate: Bearer
 //! curl -i -H "Authorization: Bearer $USER_TOKEN" localhost:8080/orders   # 403: admin only
 //! curl -i -H "Authorization: Bearer $USER_TOKEN" -X POST localhost:8080/orders  # 201
-//! curl -i -H "Authorization: Bearer $USER_TOKEN" localhost:8080/orders/7 # 200; the 6th in a minute: 429, Retry-After
+//! curl -i -H "Authorization: Bearer $USER_TOKEN" localhost:8080/orders/7 # 200; the 6th /orders call in a minute: 429, Retry-After
 //! curl -i -H "Authorization: Bearer $ADMIN_TOKEN" -X DELETE localhost:8080/orders  # 405, Allow: GET, HEAD, POST
 //! curl -i localhost:8080/nowhere                                         # 404
 //! ```

@@ -5,7 +5,7 @@
 //! crate's route model, and `RouteLayer` matches each request once; every
 //! later layer reads the matched route's settings:
 //!
-//! | route | methods | who | limit per consumer (token `sub`) |
+//! | route | methods | who | limit per consumer (token `sub`), one bucket for the `/orders` routes |
 //! | --- | --- | --- | --- |
 //! | `/health` | GET | anyone, the token is not looked at | none |
 //! | `/orders` (exact) | GET | `admin` | 5/min |

@@ -185,6 +185,10 @@ async fn two_gateways_share_one_limit_per_consumer_through_redis() {
         StatusCode::TOO_MANY_REQUESTS
     );
 
+    // The state both gateways decided on lives in Redis.
+    let keys = redis.cli(&["KEYS", "gw:rl:*"]);
+    assert!(keys.contains("carol"), "no limit state in Redis: {keys:?}");
+
     // Dave has a limit of his own, shared the same way.
     let dave = token("dave", &["user"]);
     for n in 0..gateway::CALLS_PER_MINUTE {

@@ -14,13 +14,13 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use prometheus_client::metrics::gauge::Gauge;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{
     GatewayMetrics,
-    registry::{GrpcLabels, GrpcMethodLabels, RouteMethod, RouteMethodStatus},
+    registry::{GrpcLabels, GrpcMethodLabels, RouteMethodStatus},
+    series::RouteSeries,
 };
 use crate::{
     reject::is_grpc_request,
@@ -183,8 +183,7 @@ fn grpc_status_label(value: Option<&[u8]>) -> &'static str {
 /// What is known about a request when its response completes.
 struct Record {
     metrics: GatewayMetrics,
-    labels: RouteMethod,
-    in_flight: Gauge,
+    series: Arc<RouteSeries>,
     started: Instant,
     grpc: Option<GrpcMethodLabels>,
     grpc_status: Option<&'static str>,
@@ -201,17 +200,15 @@ impl Record {
             return;
         }
         let f = &self.metrics.inner.families;
-        self.in_flight.dec();
-        f.response_size
-            .get_or_create(&self.labels)
+        self.series.in_flight.dec();
+        self.series
+            .response_size
             .observe(self.response_bytes as f64);
         let request_bytes = self
             .request_bytes
             .as_ref()
             .map_or(0, |b| b.load(Ordering::Relaxed));
-        f.request_size
-            .get_or_create(&self.labels)
-            .observe(request_bytes as f64);
+        self.series.request_size.observe(request_bytes as f64);
         if let Some(grpc) = self.grpc.take() {
             // A stream that ended without a status was cut off.
             let status = self.grpc_status.unwrap_or("CANCELLED");
@@ -233,7 +230,7 @@ impl Record {
             .inner
             .families
             .request_errors
-            .get_or_create(&self.labels)
+            .get_or_create(&self.series.labels)
             .inc();
         self.grpc_status = Some("UNAVAILABLE");
         self.finish();
@@ -246,19 +243,11 @@ impl Record {
         #[cfg(feature = "otel")]
         {
             let (exemplar, at) = super::exemplar::current();
-            f.duration
-                .get_or_create(&self.labels)
-                .observe(seconds, exemplar, at);
+            self.series.duration.observe(seconds, exemplar, at);
         }
         #[cfg(not(feature = "otel"))]
-        f.duration.get_or_create(&self.labels).observe(seconds);
-        f.requests
-            .get_or_create(&RouteMethodStatus {
-                route: self.labels.route.clone(),
-                method: self.labels.method,
-                status,
-            })
-            .inc();
+        self.series.duration.observe(seconds);
+        self.series.requests(f, status).inc();
         if self.grpc.is_some() {
             if let Some(value) = headers.get("grpc-status") {
                 self.grpc_status = Some(grpc_status_label(Some(value.as_bytes())));
@@ -333,12 +322,10 @@ impl<S> Metrics<S> {
     {
         let metrics = self.layer.metrics.clone();
         let inner = &metrics.inner;
-        let labels = RouteMethod {
-            route,
-            method: method_label(request.method()),
-        };
-        let in_flight = inner.families.in_flight.get_or_create_owned(&labels);
-        in_flight.inc();
+        let series = inner
+            .series
+            .get(&inner.families, &route, method_label(request.method()));
+        series.in_flight.inc();
         // The bytes the client actually sent, counted as the body is read
         // (a declared `Content-Length` is the client's claim, not a fact).
         let request_bytes = (!request.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
@@ -366,8 +353,7 @@ impl<S> Metrics<S> {
         };
         let record = Record {
             metrics: metrics.clone(),
-            labels,
-            in_flight,
+            series,
             started: Instant::now(),
             grpc,
             grpc_status: None,

@@ -118,6 +118,7 @@ mod exemplar;
 mod handler;
 mod layer;
 mod registry;
+mod series;
 
 pub use consumer::{ConsumerMetrics, ConsumerMetricsFuture, ConsumerMetricsLayer};
 pub use handler::{MetricsHandler, OPENMETRICS_CONTENT_TYPE, PROMETHEUS_TEXT_CONTENT_TYPE};

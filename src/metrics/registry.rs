@@ -215,6 +215,8 @@ pub(crate) struct Inner {
     latency: Buckets,
     pub(crate) families: Families,
     pub(crate) routes: LabelCap,
+    /// The request series per route label and method, resolved once.
+    pub(crate) series: super::series::SeriesCache,
     pub(crate) grpc_methods: LabelCap,
     pub(crate) consumers: Option<LabelCap>,
 }
@@ -316,6 +318,7 @@ impl GatewayMetrics {
                 latency,
                 families,
                 routes: LabelCap::new(config.max_routes),
+                series: super::series::SeriesCache::default(),
                 grpc_methods: LabelCap::new(config.max_grpc_methods),
                 consumers: (config.max_consumers > 0).then(|| LabelCap::new(config.max_consumers)),
             }),

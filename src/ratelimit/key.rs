@@ -226,16 +226,39 @@ fn push_digest(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// The bytes a key keeps as they are; every other byte is percent-encoded.
+const KEPT: [bool; 256] = {
+    let mut kept = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        kept[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'_' | b'~' | b'/' | b'@' | b'+' | b'!' | b'*'
+            );
+        b += 1;
+    }
+    kept
+};
+
 fn escape_into(out: &mut String, bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || b"-._~/@+!*".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        // Runs of kept bytes (all ASCII) are copied at once.
+        let run = rest
+            .iter()
+            .position(|&b| !KEPT[usize::from(b)])
+            .unwrap_or(rest.len());
+        if let Ok(kept) = std::str::from_utf8(&rest[..run]) {
+            out.push_str(kept);
         }
+        let Some(&b) = rest.get(run) else { break };
+        out.push('%');
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        rest = &rest[run + 1..];
     }
 }
 
@@ -540,6 +563,35 @@ impl KeyExtractor for ClientIp {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn escaping_keeps_the_safe_bytes_and_encodes_the_rest() {
+        // The byte-at-a-time escaping it replaced.
+        fn reference(bytes: &[u8]) -> String {
+            let mut out = String::new();
+            for &b in bytes {
+                if b.is_ascii_alphanumeric() || b"-._~/@+!*".contains(&b) {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out
+        }
+        let all: Vec<u8> = (0..=255).collect();
+        for input in [
+            &b""[..],
+            b"user-0",
+            b"a=b;c",
+            b"%%",
+            "\u{e9}t\u{e9}".as_bytes(),
+            &all,
+        ] {
+            let mut out = String::new();
+            escape_into(&mut out, input);
+            assert_eq!(out, reference(input));
+        }
+    }
 
     fn info_with(peer: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap, Extensions) {
         let mut map = HeaderMap::new();

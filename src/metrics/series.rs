@@ -1,0 +1,122 @@
+//! The request series of one route and method, resolved once and reused.
+//!
+//! Every request records into six series of the request families; looking
+//! each up by its label set hashes the route label every time. The
+//! handles are resolved on a route and method's first request and kept
+//! here, keyed by route label: a request then costs one lookup.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+};
+
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
+
+use super::registry::{DurationHistogram, Families, RouteMethod, RouteMethodStatus};
+
+/// The standard methods' labels, in the order of their slots.
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+
+/// The handles of one route and method: clones of the families' own
+/// series (they share their values), so what they record is what the
+/// families export.
+pub(crate) struct RouteSeries {
+    pub(crate) labels: RouteMethod,
+    pub(crate) in_flight: Gauge,
+    pub(crate) duration: DurationHistogram,
+    pub(crate) request_size: Histogram,
+    pub(crate) response_size: Histogram,
+    /// `requests_total` per status: a handful per route, scanned.
+    requests: RwLock<Vec<(u16, Counter)>>,
+}
+
+impl RouteSeries {
+    fn new(families: &Families, labels: RouteMethod) -> Self {
+        Self {
+            in_flight: families.in_flight.get_or_create(&labels).clone(),
+            duration: families.duration.get_or_create(&labels).clone(),
+            request_size: families.request_size.get_or_create(&labels).clone(),
+            response_size: families.response_size.get_or_create(&labels).clone(),
+            requests: RwLock::new(Vec::new()),
+            labels,
+        }
+    }
+
+    /// The `requests_total` counter of `status`.
+    pub(crate) fn requests(&self, families: &Families, status: u16) -> Counter {
+        if let Some((_, counter)) = self
+            .requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(s, _)| *s == status)
+        {
+            return counter.clone();
+        }
+        let counter = families
+            .requests
+            .get_or_create(&RouteMethodStatus {
+                route: self.labels.route.clone(),
+                method: self.labels.method,
+                status,
+            })
+            .clone();
+        let mut statuses = self
+            .requests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Statuses are three digits: the list stays short.
+        if !statuses.iter().any(|(s, _)| *s == status) {
+            statuses.push((status, counter.clone()));
+        }
+        counter
+    }
+}
+
+type Slots = [Option<Arc<RouteSeries>>; METHODS.len()];
+
+/// Route label → the series of each method.
+#[derive(Default)]
+pub(crate) struct SeriesCache {
+    routes: RwLock<HashMap<Arc<str>, Slots>>,
+}
+
+impl SeriesCache {
+    /// The series of `route` (a capped route label) and `method` (one of
+    /// the method labels).
+    pub(crate) fn get(
+        &self,
+        families: &Families,
+        route: &Arc<str>,
+        method: &'static str,
+    ) -> Arc<RouteSeries> {
+        let slot = METHODS
+            .iter()
+            .position(|m| *m == method)
+            .unwrap_or(METHODS.len() - 1);
+        if let Some(series) = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&**route)
+            .and_then(|slots| slots[slot].clone())
+        {
+            return series;
+        }
+        let series = Arc::new(RouteSeries::new(
+            families,
+            RouteMethod {
+                route: route.clone(),
+                method,
+            },
+        ));
+        // Route labels are capped (`MetricsConfig::max_routes`), so the
+        // map is bounded by the cap times the method labels.
+        let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+        routes.entry(route.clone()).or_default()[slot]
+            .get_or_insert_with(|| series)
+            .clone()
+    }
+}

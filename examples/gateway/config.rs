@@ -56,6 +56,7 @@ impl ConfigErrors {
     }
 
     /// The paths reported, in order (for tests).
+    #[allow(dead_code)]
     pub fn paths(&self) -> Vec<&str> {
         self.0.iter().map(|e| e.path.as_str()).collect()
     }
@@ -85,10 +86,6 @@ impl std::error::Error for ConfigErrors {}
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -273,14 +270,6 @@ pub struct RouteConfig {
     pub timeout: Option<Duration>,
     pub retries: Option<usize>,
     pub strip_prefix: bool,
-}
-
-impl RouteConfig {
-    /// The route's template, as the crate names it: its name, else its
-    /// path.
-    pub fn template(&self) -> &str {
-        self.name.as_deref().unwrap_or(&self.path)
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1172,7 +1161,7 @@ impl Cx<'_> {
                 );
             }
         }
-        let mut header = |cx: &mut Self, key: &str| {
+        let header = |cx: &mut Self, key: &str| {
             let value = cx.string(node, key)?;
             if http::HeaderName::from_bytes(value.as_bytes()).is_err() {
                 cx.error(join("auth", key), format!("invalid header name {value:?}"));
@@ -1754,7 +1743,7 @@ impl Cx<'_> {
     }
 
     fn windows(&mut self, node: Node<'_>) -> Windows {
-        let mut window = |cx: &mut Self, key: &str| cx.u32(node, key, 1);
+        let window = |cx: &mut Self, key: &str| cx.u32(node, key, 1);
         Windows {
             per_second: window(self, "per_second"),
             per_minute: window(self, "per_minute"),
@@ -2236,7 +2225,7 @@ impl Cx<'_> {
                 Err(error) => self.error(format!("routes[{i}]"), error.to_string()),
             }
         }
-        let mut check_limit = |cx: &mut Self, path: String, spec: &LimitSpec| {
+        let check_limit = |cx: &mut Self, path: String, spec: &LimitSpec| {
             for (name, windows) in
                 std::iter::once(("", &spec.windows)).chain(spec.tiers.iter().map(|(r, w)| (r.as_str(), w)))
             {
@@ -2259,6 +2248,15 @@ impl Cx<'_> {
                     check_limit(self, format!("routes[{i}].limits[{j}]"), spec);
                 }
             }
+        }
+        if let Some(demo) = &config.demo
+            && !demo.services.is_empty()
+            && demo.auth_server.is_none()
+        {
+            self.error(
+                "demo.services",
+                "the demo services verify tokens of the demo auth server: add [demo.auth_server]",
+            );
         }
         for upstream in &config.upstreams {
             if matches!(upstream.discovery, UpstreamDiscovery::Consul { .. })

@@ -548,11 +548,8 @@ use self::config::{
 
 /// The gateway as one boxed service: what a configuration builds, and
 /// what a reload swaps.
-pub type GatewayService = BoxCloneSyncService<
-    http::Request<axum::body::Body>,
-    axum::response::Response,
-    Infallible,
->;
+pub type GatewayService =
+    BoxCloneSyncService<http::Request<axum::body::Body>, axum::response::Response, Infallible>;
 
 /// What every configuration's layers share: one metrics registry and the
 /// layer handles on it (each registers its families once).
@@ -659,13 +656,9 @@ pub async fn build(
     // Upstreams.
     let mut upstreams: Vec<(String, UpstreamService)> = Vec::new();
     for (i, upstream) in config.upstreams.iter().enumerate() {
-        let key = format!(
-            "{upstream:?} {:?} {}",
-            config.discovery, env.dry_run
-        );
+        let key = format!("{upstream:?} {:?} {}", config.discovery, env.dry_run);
         if let Some((service, keep)) = cache.upstreams.get(&key) {
-            next.upstreams
-                .insert(key, (service.clone(), keep.clone()));
+            next.upstreams.insert(key, (service.clone(), keep.clone()));
             upstreams.push((upstream.name.clone(), service.clone()));
             continue;
         }
@@ -696,7 +689,9 @@ pub async fn build(
     }
     let backend_key = format!(
         "{:?} {:?} {}",
-        config.ratelimit.backend, config.ratelimit.on_backend_error, config.ratelimit.fallback_share
+        config.ratelimit.backend,
+        config.ratelimit.on_backend_error,
+        config.ratelimit.fallback_share
     );
     let mut limit = |cx_errors: &mut dyn FnMut(String, String),
                      path: String,
@@ -753,18 +748,18 @@ pub async fn build(
     let mut table = Routes::builder();
     for (i, route) in config.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        let Some((_, upstream)) = upstreams.iter().find(|(name, _)| *name == route.upstream)
-        else {
+        let Some((_, upstream)) = upstreams.iter().find(|(name, _)| *name == route.upstream) else {
             // Reported by validation, or by the upstream's own build.
             continue;
         };
-        let mut built = config::bare_route(route)
-            .upstream(upstream.clone())
-            .auth(match route.auth {
-                AuthChoice::Required => AuthMode::Required,
-                AuthChoice::Optional => AuthMode::Optional,
-                AuthChoice::None => AuthMode::None,
-            });
+        let mut built =
+            config::bare_route(route)
+                .upstream(upstream.clone())
+                .auth(match route.auth {
+                    AuthChoice::Required => AuthMode::Required,
+                    AuthChoice::Optional => AuthMode::Optional,
+                    AuthChoice::None => AuthMode::None,
+                });
         for rule in &route.rules {
             built = built.allow(
                 rule.methods.iter().cloned(),
@@ -911,8 +906,12 @@ fn build_auth(
         for (j, key) in issuer_config.keys.iter().enumerate() {
             let at = |field: &str| format!("auth.issuers[{i}].keys[{j}].{field}");
             let read = |path: &Path| {
-                std::fs::read(path)
-                    .map_err(|e| (at("pem_file"), format!("cannot read {}: {e}", path.display())))
+                std::fs::read(path).map_err(|e| {
+                    (
+                        at("pem_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })
             };
             let pem_error = |e: tower_gateway::auth::KeyError| (at("pem_file"), e.to_string());
             let mut jwt_key = match &key.material {
@@ -928,7 +927,9 @@ fn build_auth(
         }
         builder = builder.issuer(issuer);
     }
-    builder.build().map_err(|e| ("auth".to_owned(), e.to_string()))
+    builder
+        .build()
+        .map_err(|e| ("auth".to_owned(), e.to_string()))
 }
 
 /// One upstream; errors name the field under `upstreams[i]`.
@@ -942,9 +943,10 @@ async fn build_upstream(
     let name = upstream.name.as_str();
     let (watch, keep): (EndpointWatch, Arc<dyn Any + Send + Sync>) = match &upstream.discovery {
         UpstreamDiscovery::Static(instances) => {
-            let source = StaticDiscovery::new(instances.iter().enumerate().map(
-                |(i, (host, port))| Endpoint::new(format!("{name}-{}", i + 1), host.clone(), *port),
-            ));
+            let source =
+                StaticDiscovery::new(instances.iter().enumerate().map(|(i, (host, port))| {
+                    Endpoint::new(format!("{name}-{}", i + 1), host.clone(), *port)
+                }));
             (source.watch(), Arc::new(source))
         }
         UpstreamDiscovery::Consul { .. } if env.dry_run => {
@@ -1006,7 +1008,10 @@ async fn build_upstream(
             if let Some(tls) = env.demo_tls {
                 builder = builder.tls(tls::client_connector(tls));
             } else if !env.dry_run {
-                return Err(("tls".into(), "no demo certificates: add a [demo] section".into()));
+                return Err((
+                    "tls".into(),
+                    "no demo certificates: add a [demo] section".into(),
+                ));
             }
         }
         Some(UpstreamTls::Files {
@@ -1017,8 +1022,12 @@ async fn build_upstream(
             http2,
         }) => {
             let read = |field: &str, path: &Path| {
-                std::fs::read(path)
-                    .map_err(|e| (format!("tls.{field}"), format!("cannot read {}: {e}", path.display())))
+                std::fs::read(path).map_err(|e| {
+                    (
+                        format!("tls.{field}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })
             };
             let chain = read("cert_file", cert_file)?;
             let key = read("key_file", key_file)?;
@@ -1106,7 +1115,9 @@ async fn build_redis(
             prefix,
         } => RedisBackend::connect_lazy(
             url.expose(),
-            RedisConfig::default().timeout(*timeout).prefix(prefix.clone()),
+            RedisConfig::default()
+                .timeout(*timeout)
+                .prefix(prefix.clone()),
         )
         .map_err(|e| e.to_string())?,
         // A Cluster connection is made at once: not in a dry run.
@@ -1117,7 +1128,9 @@ async fn build_redis(
             prefix,
         } => RedisBackend::cluster(
             nodes.iter().map(config::Secret::expose),
-            RedisConfig::default().timeout(*timeout).prefix(prefix.clone()),
+            RedisConfig::default()
+                .timeout(*timeout)
+                .prefix(prefix.clone()),
         )
         .await
         .map_err(|e| e.to_string())?,
@@ -1250,10 +1263,7 @@ impl Live {
     }
 
     pub fn status(&self) -> ReloadStatus {
-        self.status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// Reads the file again and applies it if it is valid and builds; a
@@ -1435,9 +1445,9 @@ pub async fn start_from_config(
                 "payments" => Kind::Payments,
                 _ => Kind::Inventory,
             };
-            let metrics_addr = demo.service_metrics_port.map(|port| {
-                SocketAddr::from(([127, 0, 0, 1], port.saturating_add(offset as u16)))
-            });
+            let metrics_addr = demo
+                .service_metrics_port
+                .map(|port| SocketAddr::from(([127, 0, 0, 1], port.saturating_add(offset as u16))));
             let addr = services::start(kind, *listen, &pki, &issuer, metrics_addr).await?;
             services.push((kind.name(), addr));
         }
@@ -1478,7 +1488,9 @@ pub async fn start_from_config(
     if let Some(auth) = &built.auth
         && !auth.wait_for_keys(Duration::from_secs(5)).await
     {
-        tracing::warn!("not every issuer's keys could be loaded yet; tokens of those issuers are refused until they are");
+        tracing::warn!(
+            "not every issuer's keys could be loaded yet; tokens of those issuers are refused until they are"
+        );
     }
     let live = Arc::new(Live {
         current: arc_swap::ArcSwap::from_pointee(Generation {
@@ -1561,7 +1573,10 @@ pub async fn start_from_config(
             std::future::pending::<()>().await;
         }
     });
-    let watcher = live.path.is_some().then(|| tokio::spawn(watch_file(live.clone())));
+    let watcher = live
+        .path
+        .is_some()
+        .then(|| tokio::spawn(watch_file(live.clone())));
     let server = tokio::spawn(async move {
         let report = serve.await;
         let _ = admin_stop.send(());
@@ -1590,14 +1605,13 @@ async fn watch_file(live: Arc<Live>) {
         return;
     };
     #[cfg(unix)]
-    let mut hangup =
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "no SIGHUP handler: reloads on file change only");
-                None
-            }
-        };
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => Some(signal),
+        Err(error) => {
+            tracing::warn!(%error, "no SIGHUP handler: reloads on file change only");
+            None
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen = live.current().version.clone();

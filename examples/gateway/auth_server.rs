@@ -351,7 +351,12 @@ impl Server {
                 format!("grant_type {grant} is not supported"),
             ));
         }
-        let client = authenticate_client(self.config.clients, headers, param("client_id"), param("client_secret"))?;
+        let client = authenticate_client(
+            self.config.clients,
+            headers,
+            param("client_id"),
+            param("client_secret"),
+        )?;
         if !client.grants.contains(&grant) {
             return Err(TokenError::new(
                 "unauthorized_client",

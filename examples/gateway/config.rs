@@ -195,7 +195,10 @@ pub struct UpstreamConfig {
 pub enum UpstreamDiscovery {
     /// `host:port` of each instance.
     Static(Vec<(String, u16)>),
-    Consul { service: String, tags: Vec<String> },
+    Consul {
+        service: String,
+        tags: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -510,6 +513,7 @@ pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<GatewayConfig, Co
         env,
         base: base.to_path_buf(),
         route_indices: Vec::new(),
+        upstream_names: Vec::new(),
     };
     let config = cx.gateway(&table);
     if cx.errors.is_empty() {
@@ -527,6 +531,9 @@ struct Cx<'e> {
     /// The index in the file of each route kept (routes with errors are
     /// left out of the model, but paths name them by their place).
     route_indices: Vec<usize>,
+    /// Every upstream name declared, by index, valid or not: a route naming
+    /// an upstream with errors is not reported again.
+    upstream_names: Vec<(usize, String)>,
 }
 
 /// A table being read, with its path.
@@ -589,7 +596,10 @@ pub fn suggest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
 fn unknown(word: &str, what: &str, known: &[&str]) -> String {
     match suggest(word, known) {
         Some(close) => format!("unknown {what} `{word}`; did you mean `{close}`?"),
-        None => format!("unknown {what} `{word}`; expected one of: {}", known.join(", ")),
+        None => format!(
+            "unknown {what} `{word}`; expected one of: {}",
+            known.join(", ")
+        ),
     }
 }
 
@@ -664,12 +674,13 @@ impl Cx<'_> {
                 Some((name, default)) => (name, Some(default)),
                 None => (reference, None),
             };
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                self.error(path, format!("invalid environment reference `${{{reference}}}`"));
+                self.error(
+                    path,
+                    format!("invalid environment reference `${{{reference}}}`"),
+                );
                 return None;
             }
             match (self.env.var(name), default) {
@@ -691,7 +702,10 @@ impl Cx<'_> {
         match node.table.get(key)? {
             Value::String(raw) => self.expand(&path, raw),
             other => {
-                self.error(path, format!("expected a string, found {}", type_name(other)));
+                self.error(
+                    path,
+                    format!("expected a string, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -708,7 +722,10 @@ impl Cx<'_> {
     /// A secret: `key`, or the content of the file at `key_file`.
     fn secret(&mut self, node: Node<'_>, key: &str) -> Option<Secret> {
         let file_key = format!("{key}_file");
-        match (node.table.contains_key(key), node.table.contains_key(&file_key)) {
+        match (
+            node.table.contains_key(key),
+            node.table.contains_key(&file_key),
+        ) {
             (true, true) => {
                 self.error(
                     join(node.path, &file_key),
@@ -774,7 +791,10 @@ impl Cx<'_> {
                 None
             }
             other => {
-                self.error(path, format!("expected an integer, found {}", type_name(other)));
+                self.error(
+                    path,
+                    format!("expected an integer, found {}", type_name(other)),
+                );
                 None
             }
         }
@@ -799,7 +819,10 @@ impl Cx<'_> {
             Value::Float(f) => *f,
             Value::Integer(n) => *n as f64,
             other => {
-                self.error(path, format!("expected a number, found {}", type_name(other)));
+                self.error(
+                    path,
+                    format!("expected a number, found {}", type_name(other)),
+                );
                 return None;
             }
         };
@@ -1133,10 +1156,7 @@ impl Cx<'_> {
         }
         for (i, table) in items {
             let path = format!("auth.issuers[{i}]");
-            if let Some(issuer) = self.issuer(Node {
-                path: &path,
-                table,
-            }) {
+            if let Some(issuer) = self.issuer(Node { path: &path, table }) {
                 issuers.push(issuer);
             }
         }
@@ -1157,7 +1177,9 @@ impl Cx<'_> {
             if claim.is_empty() || claim.split('.').any(str::is_empty) {
                 self.error(
                     format!("auth.role_claims[{i}]"),
-                    format!("invalid claim path {claim:?} (dotted, such as \"realm_access.roles\")"),
+                    format!(
+                        "invalid claim path {claim:?} (dotted, such as \"realm_access.roles\")"
+                    ),
                 );
             }
         }
@@ -1204,10 +1226,7 @@ impl Cx<'_> {
         let mut keys = Vec::new();
         for (i, table) in self.tables(node, "keys") {
             let path = format!("{}.keys[{i}]", node.path);
-            if let Some(key) = self.key(Node {
-                path: &path,
-                table,
-            }) {
+            if let Some(key) = self.key(Node { path: &path, table }) {
                 keys.push(key);
             }
         }
@@ -1225,7 +1244,11 @@ impl Cx<'_> {
                 "OIDC discovery needs a named issuer, not \"*\"",
             );
         }
-        if !oidc_discovery && jwks_url.is_none() && keys.is_empty() && !node.table.contains_key("keys") {
+        if !oidc_discovery
+            && jwks_url.is_none()
+            && keys.is_empty()
+            && !node.table.contains_key("keys")
+        {
             self.error(
                 node.path,
                 "no keys: set `oidc_discovery = true`, `jwks_url` or `keys`",
@@ -1241,16 +1264,16 @@ impl Cx<'_> {
     }
 
     fn key(&mut self, node: Node<'_>) -> Option<KeyConfig> {
-        self.known(
-            node,
-            &["kind", "secret", "secret_file", "pem_file", "kid"],
-        );
+        self.known(node, &["kind", "secret", "secret_file", "pem_file", "kid"]);
         let kind = self.required_string(node, "kind");
         let kid = self.string(node, "kid");
         let material = match kind.as_deref() {
             Some("hmac") => {
                 if node.table.contains_key("pem_file") {
-                    self.error(join(node.path, "pem_file"), "an hmac key takes `secret` or `secret_file`");
+                    self.error(
+                        join(node.path, "pem_file"),
+                        "an hmac key takes `secret` or `secret_file`",
+                    );
                 }
                 let secret = self.secret(node, "secret");
                 match secret {
@@ -1263,7 +1286,9 @@ impl Cx<'_> {
                     }
                     Some(s) => Some(KeyMaterial::Hmac(s)),
                     None => {
-                        if !node.table.contains_key("secret") && !node.table.contains_key("secret_file") {
+                        if !node.table.contains_key("secret")
+                            && !node.table.contains_key("secret_file")
+                        {
                             self.error(join(node.path, "secret"), "required for an hmac key");
                         }
                         None
@@ -1349,10 +1374,7 @@ impl Cx<'_> {
                 path: "discovery.consul.tls",
                 table,
             };
-            self.known(
-                tls,
-                &["ca_file", "cert_file", "key_file", "server_name"],
-            );
+            self.known(tls, &["ca_file", "cert_file", "key_file", "server_name"]);
             let tls_config = ConsulTls {
                 ca_file: self.path(tls, "ca_file"),
                 cert_file: self.path(tls, "cert_file"),
@@ -1380,10 +1402,10 @@ impl Cx<'_> {
         let mut upstreams: Vec<UpstreamConfig> = Vec::new();
         for (i, table) in self.tables(root, "upstreams") {
             let path = format!("upstreams[{i}]");
-            let node = Node {
-                path: &path,
-                table,
-            };
+            let node = Node { path: &path, table };
+            if let Some(Value::String(name)) = table.get("name") {
+                self.upstream_names.push((i, name.clone()));
+            }
             if let Some(upstream) = self.upstream(node) {
                 if upstreams.iter().any(|u| u.name == upstream.name) {
                     self.error(
@@ -1418,17 +1440,11 @@ impl Cx<'_> {
             node.table.contains_key("consul"),
         ) {
             (true, true) => {
-                self.error(
-                    node.path,
-                    "give `instances` or `consul`, not both",
-                );
+                self.error(node.path, "give `instances` or `consul`, not both");
                 None
             }
             (false, false) => {
-                self.error(
-                    node.path,
-                    "no instances: set `instances` or `consul`",
-                );
+                self.error(node.path, "no instances: set `instances` or `consul`");
                 None
             }
             (true, false) => {
@@ -1449,17 +1465,22 @@ impl Cx<'_> {
                         ),
                     }
                 }
-                if instances.is_empty() && node.table.get("instances").is_some_and(|v| v.as_array().is_some()) {
-                    self.error(join(node.path, "instances"), "at least one instance is required");
+                if instances.is_empty()
+                    && node
+                        .table
+                        .get("instances")
+                        .is_some_and(|v| v.as_array().is_some())
+                {
+                    self.error(
+                        join(node.path, "instances"),
+                        "at least one instance is required",
+                    );
                 }
                 Some(UpstreamDiscovery::Static(parsed))
             }
             (false, true) => self.table(node, "consul").and_then(|table| {
                 let path = join(node.path, "consul");
-                let consul = Node {
-                    path: &path,
-                    table,
-                };
+                let consul = Node { path: &path, table };
                 self.known(consul, &["service", "tags"]);
                 let service = self.required_string(consul, "service")?;
                 let tags = self.strings(consul, "tags", true).unwrap_or_default();
@@ -1478,10 +1499,7 @@ impl Cx<'_> {
             }
             Some(_) => self.table(node, "tls").and_then(|table| {
                 let path = join(node.path, "tls");
-                let tls = Node {
-                    path: &path,
-                    table,
-                };
+                let tls = Node { path: &path, table };
                 self.known(
                     tls,
                     &["ca_file", "cert_file", "key_file", "server_name", "http2"],
@@ -1524,10 +1542,7 @@ impl Cx<'_> {
             Some(Value::Boolean(true)) => Some(CircuitSettings::default()),
             Some(_) => self.table(node, "circuit").map(|table| {
                 let path = join(node.path, "circuit");
-                self.circuit(Node {
-                    path: &path,
-                    table,
-                })
+                self.circuit(Node { path: &path, table })
             }),
         };
         Some(UpstreamConfig {
@@ -1652,7 +1667,9 @@ impl Cx<'_> {
         let timeout = self
             .positive_duration(node, "timeout")
             .unwrap_or(Duration::from_millis(100));
-        let prefix = self.string(node, "prefix").unwrap_or_else(|| "rl:".to_owned());
+        let prefix = self
+            .string(node, "prefix")
+            .unwrap_or_else(|| "rl:".to_owned());
         if prefix.contains(['{', '}']) {
             self.error("ratelimit.prefix", "must not contain `{` or `}`");
         }
@@ -1677,7 +1694,9 @@ impl Cx<'_> {
                     prefix,
                 },
                 None => {
-                    if !node.table.contains_key("redis_url") && !node.table.contains_key("redis_url_file") {
+                    if !node.table.contains_key("redis_url")
+                        && !node.table.contains_key("redis_url_file")
+                    {
                         self.error("ratelimit.redis_url", "required with `backend = \"redis\"`");
                     }
                     RateLimitBackend::Local
@@ -1722,13 +1741,7 @@ impl Cx<'_> {
                 let path = format!("ratelimit.limits.{name}");
                 match value {
                     Value::Table(table) => {
-                        if let Some(spec) = self.limit(
-                            Node {
-                                path: &path,
-                                table,
-                            },
-                            name,
-                        ) {
+                        if let Some(spec) = self.limit(Node { path: &path, table }, name) {
                             config.limits.insert(name.clone(), spec);
                         }
                     }
@@ -1768,7 +1781,10 @@ impl Cx<'_> {
         );
         let key_names = match node.table.get("key") {
             None => {
-                self.error(join(node.path, "key"), "required (such as \"consumer\" or [\"consumer\", \"ip\"])");
+                self.error(
+                    join(node.path, "key"),
+                    "required (such as \"consumer\" or [\"consumer\", \"ip\"])",
+                );
                 None
             }
             Some(_) => self.strings(node, "key", true),
@@ -1789,17 +1805,17 @@ impl Cx<'_> {
         let mut tiers = Vec::new();
         for (i, table) in self.tables(node, "tiers") {
             let path = format!("{}.tiers[{i}]", node.path);
-            let tier = Node {
-                path: &path,
-                table,
-            };
+            let tier = Node { path: &path, table };
             self.known(
                 tier,
                 &["role", "per_second", "per_minute", "per_hour", "per_day"],
             );
             let role = self.required_string(tier, "role");
             let tier_windows = self.windows(tier);
-            if tier_windows.is_empty() {
+            let given = ["per_second", "per_minute", "per_hour", "per_day"]
+                .iter()
+                .any(|k| table.contains_key(*k));
+            if tier_windows.is_empty() && !given {
                 self.error(
                     path.clone(),
                     "no window: set per_second, per_minute, per_hour or per_day",
@@ -1812,7 +1828,10 @@ impl Cx<'_> {
                 tiers.push((role, tier_windows));
             }
         }
-        if windows.is_empty() && tiers.is_empty() {
+        let window_given = ["per_second", "per_minute", "per_hour", "per_day", "tiers"]
+            .iter()
+            .any(|k| node.table.contains_key(*k));
+        if windows.is_empty() && tiers.is_empty() && !window_given {
             self.error(
                 node.path,
                 "no limit: set per_second, per_minute, per_hour or per_day, or tiers",
@@ -1850,10 +1869,7 @@ impl Cx<'_> {
         }
         for (i, table) in self.tables(root, "routes") {
             let path = format!("routes[{i}]");
-            if let Some(route) = self.route(Node {
-                path: &path,
-                table,
-            }) {
+            if let Some(route) = self.route(Node { path: &path, table }) {
                 routes.push((i, route));
             }
         }
@@ -1938,7 +1954,8 @@ impl Cx<'_> {
                     match item {
                         Value::String(name) => limits.push(LimitRef::Named(name.clone())),
                         Value::Table(table) => {
-                            let template = name.clone().or_else(|| path.clone()).unwrap_or_default();
+                            let template =
+                                name.clone().or_else(|| path.clone()).unwrap_or_default();
                             let scope = format!("{template}#{i}");
                             if let Some(spec) = self.limit(
                                 Node {
@@ -2072,16 +2089,20 @@ impl Cx<'_> {
             };
             self.known(
                 auth,
-                &["listen", "key_file", "access_ttl", "refresh_ttl", "users", "clients"],
+                &[
+                    "listen",
+                    "key_file",
+                    "access_ttl",
+                    "refresh_ttl",
+                    "users",
+                    "clients",
+                ],
             );
             let users = table.contains_key("users").then(|| {
                 let mut users = Vec::new();
                 for (i, table) in self.tables(auth, "users") {
                     let path = format!("demo.auth_server.users[{i}]");
-                    let user = Node {
-                        path: &path,
-                        table,
-                    };
+                    let user = Node { path: &path, table };
                     self.known(user, &["name", "password", "password_file", "roles"]);
                     let name = self.required_string(user, "name");
                     let password = self.secret(user, "password");
@@ -2106,16 +2127,14 @@ impl Cx<'_> {
                 let mut clients = Vec::new();
                 for (i, table) in self.tables(auth, "clients") {
                     let path = format!("demo.auth_server.clients[{i}]");
-                    let client = Node {
-                        path: &path,
-                        table,
-                    };
+                    let client = Node { path: &path, table };
                     self.known(client, &["id", "secret", "secret_file", "grants", "roles"]);
                     let id = self.required_string(client, "id");
                     let secret = self.secret(client, "secret");
                     let grants = self.strings(client, "grants", true).unwrap_or_default();
                     for (g, grant) in grants.iter().enumerate() {
-                        const GRANTS: &[&str] = &["password", "client_credentials", "refresh_token"];
+                        const GRANTS: &[&str] =
+                            &["password", "client_credentials", "refresh_token"];
                         if !GRANTS.contains(&grant.as_str()) {
                             let message = unknown(grant, "grant", GRANTS);
                             self.error(format!("{path}.grants[{g}]"), message);
@@ -2157,7 +2176,16 @@ impl Cx<'_> {
 
     /// Checks what sections say about each other.
     fn references(&mut self, config: &GatewayConfig) {
-        let upstreams: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        let declared = std::mem::take(&mut self.upstream_names);
+        let upstreams: Vec<&str> = declared.iter().map(|(_, n)| n.as_str()).collect();
+        // The index in the file of the last upstream declared with a name.
+        let upstream_index = |name: &str| {
+            declared
+                .iter()
+                .rev()
+                .find(|(_, n)| n == name)
+                .map_or(0, |(i, _)| *i)
+        };
         let limits: Vec<&str> = config.ratelimit.limits.keys().map(String::as_str).collect();
         let indices = std::mem::take(&mut self.route_indices);
         let needs_auth = config.routes.iter().any(|r| r.auth != AuthChoice::None);
@@ -2178,7 +2206,10 @@ impl Cx<'_> {
             let i = indices.get(position).copied().unwrap_or(position);
             if !upstreams.contains(&route.upstream.as_str()) {
                 let message = if upstreams.is_empty() {
-                    format!("unknown upstream {:?}: no upstreams are declared", route.upstream)
+                    format!(
+                        "unknown upstream {:?}: no upstreams are declared",
+                        route.upstream
+                    )
                 } else {
                     unknown(&route.upstream, "upstream", &upstreams)
                 };
@@ -2226,14 +2257,18 @@ impl Cx<'_> {
             }
         }
         let check_limit = |cx: &mut Self, path: String, spec: &LimitSpec| {
-            for (name, windows) in
-                std::iter::once(("", &spec.windows)).chain(spec.tiers.iter().map(|(r, w)| (r.as_str(), w)))
+            for (name, windows) in std::iter::once(("", &spec.windows))
+                .chain(spec.tiers.iter().map(|(r, w)| (r.as_str(), w)))
             {
                 if windows.is_empty() {
                     continue;
                 }
                 if let Err(error) = limit_of(windows).validate() {
-                    let at = if name.is_empty() { path.clone() } else { format!("{path} (tier {name})") };
+                    let at = if name.is_empty() {
+                        path.clone()
+                    } else {
+                        format!("{path} (tier {name})")
+                    };
                     cx.error(at, error.to_string());
                 }
             }
@@ -2262,22 +2297,14 @@ impl Cx<'_> {
             if matches!(upstream.discovery, UpstreamDiscovery::Consul { .. })
                 && config.discovery.consul.is_none()
             {
-                let i = config
-                    .upstreams
-                    .iter()
-                    .position(|u| u.name == upstream.name)
-                    .unwrap_or(0);
+                let i = upstream_index(&upstream.name);
                 self.error(
                     format!("upstreams[{i}].consul"),
                     "needs a [discovery.consul] section",
                 );
             }
             if upstream.tls == Some(UpstreamTls::Demo) && config.demo.is_none() {
-                let i = config
-                    .upstreams
-                    .iter()
-                    .position(|u| u.name == upstream.name)
-                    .unwrap_or(0);
+                let i = upstream_index(&upstream.name);
                 self.error(
                     format!("upstreams[{i}].tls"),
                     "\"demo\" needs a [demo] section (the certificates of the demo services)",

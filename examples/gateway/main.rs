@@ -168,7 +168,11 @@ async fn main() -> Result<(), app::BoxError> {
             }
         };
         if let Some(live) = &running.live {
-            println!("config       {} (version {})", path.display(), live.status().version);
+            println!(
+                "config       {} (version {})",
+                path.display(),
+                live.status().version
+            );
         }
         println!("gateway      http://{}", running.gateway);
         println!(

@@ -13,8 +13,8 @@ use http::{Method, Request};
 use tower_gateway::{
     auth::AuthMode,
     identity::{Identity, RoleSource},
-    rbac::Decision,
     ratelimit::{ClientAddr, LimitPlan, MissingKey},
+    rbac::Decision,
 };
 
 use super::{
@@ -212,12 +212,12 @@ pub fn compute(config: &GatewayConfig, built: &Built) -> Matrix {
                     // `auth = "none"` ignores the token: the caller is
                     // anonymous whatever its roles.
                     if !anonymous && mode != AuthMode::None {
-                        let claims = serde_json::json!({ "sub": format!("matrix-{role}"), "roles": [role] });
+                        let claims =
+                            serde_json::json!({ "sub": format!("matrix-{role}"), "roles": [role] });
                         let claims = claims.as_object().cloned().unwrap_or_default();
-                        request.extensions_mut().insert(Identity::from_claims(
-                            claims,
-                            &RoleSource::claim("roles"),
-                        ));
+                        request
+                            .extensions_mut()
+                            .insert(Identity::from_claims(claims, &RoleSource::claim("roles")));
                     }
                     let has_identity = request.extensions().get::<Identity>().is_some();
                     match built.rbac.decide(&request) {

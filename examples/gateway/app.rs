@@ -791,7 +791,6 @@ pub async fn build(
         }
         table = table.route(built);
     }
-    drop(limit);
     let routes = match table.build() {
         Ok(routes) => Some(routes),
         Err(e) => {

@@ -126,6 +126,10 @@ pub struct Config {
     /// Refresh-token lifetime, in seconds (the family's, not renewed by
     /// rotation).
     pub refresh_ttl: u64,
+    /// The users of the `password` grant (default [`USERS`]).
+    pub users: &'static [User],
+    /// The registered clients (default [`CLIENTS`]).
+    pub clients: &'static [Client],
 }
 
 impl Config {
@@ -136,6 +140,8 @@ impl Config {
             key: KeySource::Memory,
             access_ttl: 300,
             refresh_ttl: 8 * 3600,
+            users: USERS,
+            clients: CLIENTS,
         }
     }
 }
@@ -345,7 +351,12 @@ impl Server {
                 format!("grant_type {grant} is not supported"),
             ));
         }
-        let client = authenticate_client(headers, param("client_id"), param("client_secret"))?;
+        let client = authenticate_client(
+            self.config.clients,
+            headers,
+            param("client_id"),
+            param("client_secret"),
+        )?;
         if !client.grants.contains(&grant) {
             return Err(TokenError::new(
                 "unauthorized_client",
@@ -359,7 +370,9 @@ impl Server {
                     .ok_or_else(|| TokenError::new("invalid_request", "missing username"))?;
                 let password = param("password")
                     .ok_or_else(|| TokenError::new("invalid_request", "missing password"))?;
-                let user = USERS
+                let user = self
+                    .config
+                    .users
                     .iter()
                     .find(|u| u.name == name && constant_time_eq(u.password, password))
                     .ok_or_else(|| {
@@ -495,6 +508,7 @@ impl Server {
 /// The client, authenticated by HTTP Basic or the form (never both, §2.3),
 /// or identified by `client_id` alone when public.
 fn authenticate_client(
+    clients: &'static [Client],
     headers: &HeaderMap,
     form_id: Option<&str>,
     form_secret: Option<&str>,
@@ -537,7 +551,7 @@ fn authenticate_client(
         description: "client authentication failed".into(),
         basic_challenge: used_basic,
     };
-    let client = CLIENTS.iter().find(|c| c.id == id).ok_or_else(fail)?;
+    let client = clients.iter().find(|c| c.id == id).ok_or_else(fail)?;
     match (client.secret, secret.as_deref()) {
         (Some(expected), Some(given)) if constant_time_eq(expected, given) => Ok(client),
         (None, None) => Ok(client),

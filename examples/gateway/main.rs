@@ -49,6 +49,15 @@
 //! ```sh
 //! OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 cargo run --example gateway --features otel
 //! ```
+//!
+//! From a config file instead (`CONFIG.md` documents every option; the
+//! environment variables above other than `RUST_LOG` and `OTEL_*` are then
+//! not read). SIGHUP, or a change of the file, reloads it:
+//!
+//! ```sh
+//! cargo run --example gateway -- --config examples/gateway/gateway.toml
+//! cargo run --example gateway -- --config examples/gateway/gateway.toml --check
+//! ```
 
 mod app;
 
@@ -123,6 +132,66 @@ async fn main() -> Result<(), app::BoxError> {
     };
     #[cfg(not(feature = "otel"))]
     registry.init();
+    let args = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}\n\nusage: gateway [--config FILE [--check]]");
+            std::process::exit(2);
+        }
+    };
+    if let Some(path) = args.config {
+        let loaded = match app::config::load_file(&path, &app::config::ProcessEnv) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                eprint!("{}: {errors}", path.display());
+                std::process::exit(1);
+            }
+        };
+        if args.check {
+            match app::check(&loaded.config).await {
+                Ok(matrix) => {
+                    println!("{}: valid (version {})\n", path.display(), loaded.version);
+                    print!("{matrix}");
+                    return Ok(());
+                }
+                Err(errors) => {
+                    eprint!("{}: {errors}", path.display());
+                    std::process::exit(1);
+                }
+            }
+        }
+        let running = match app::start_from_config(loaded, Some(path.clone())).await {
+            Ok(running) => running,
+            Err(error) => {
+                eprintln!("{}: {error}", path.display());
+                std::process::exit(1);
+            }
+        };
+        if let Some(live) = &running.live {
+            println!(
+                "config       {} (version {})",
+                path.display(),
+                live.status().version
+            );
+        }
+        println!("gateway      http://{}", running.gateway);
+        println!(
+            "admin        http://{}/metrics  /healthz  /readyz  /config",
+            running.admin
+        );
+        for (name, addr) in &running.services {
+            println!("{name:<12} https://{addr}  (mTLS)");
+        }
+        stop_signal().await?;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let report = running.shutdown().await?;
+        tracing::info!(open = report.open, cut = report.cut, "gateway stopped");
+        #[cfg(feature = "otel")]
+        if let Some(provider) = provider {
+            provider.shutdown()?;
+        }
+        return Ok(());
+    }
     let defaults = app::Config::default();
     let config = app::Config {
         gateway: env("GATEWAY_ADDR", defaults.gateway)?,
@@ -202,6 +271,33 @@ async fn main() -> Result<(), app::BoxError> {
         provider.shutdown()?;
     }
     Ok(())
+}
+
+/// The command line: `--config FILE` and `--check`.
+#[derive(Debug, Default)]
+struct Args {
+    config: Option<std::path::PathBuf>,
+    check: bool,
+}
+
+impl Args {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self, String> {
+        let mut parsed = Self::default();
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--config" | "-c" => {
+                    let path = args.next().ok_or("--config needs a file")?;
+                    parsed.config = Some(path.into());
+                }
+                "--check" => parsed.check = true,
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        if parsed.check && parsed.config.is_none() {
+            return Err("--check needs --config FILE".into());
+        }
+        Ok(parsed)
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (`docker stop`, Kubernetes).

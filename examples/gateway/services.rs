@@ -287,11 +287,12 @@ async fn continue_trace(
     next.run(request).instrument(span).await
 }
 
-/// Starts one service on a free loopback port, over mutual TLS. With
+/// Starts one service on `listen` (port 0: a free one), over mutual TLS. With
 /// `metrics`, the service's own Prometheus metrics (prefix `service`) are
 /// served in plain HTTP on that address, for `examples/observability`.
 pub async fn start(
     kind: Kind,
+    listen: SocketAddr,
     pki: &DevPki,
     issuer: &str,
     metrics: Option<SocketAddr>,
@@ -324,7 +325,7 @@ pub async fn start(
         pki.service.key.as_bytes(),
         pki.ca.as_bytes(),
     )?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     // The gateway is this service's only client, and every one of its
     // connections comes from one address: a per-IP cap would let the

@@ -122,6 +122,78 @@ impl RateLimitLayer {
     }
 }
 
+impl RateLimitLayer {
+    /// The name of this layer's state ([`RateLimitLayerBuilder::scope`]).
+    pub fn scope(&self) -> &str {
+        &self.shared.scope
+    }
+
+    /// What this layer would do with `request`, without counting it: which
+    /// tier applies to the caller (by the roles of the
+    /// [`Identity`] in its extensions, exactly as named — tiers apply no
+    /// role hierarchy), and the key it would be counted against.
+    ///
+    /// For tools that explain a configuration (an authorization matrix, a
+    /// dry run) from the very layer that enforces it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use http::Request;
+    /// use tower_gateway::ratelimit::{Consumer, Limit, LimitPlan, MissingKey, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .key(Consumer::subject())
+    ///     .limit(Limit::new().per_second(5))
+    ///     .build()?;
+    /// // No identity, so no consumer to count against: refused with 400.
+    /// let anonymous = Request::get("/orders").body(())?;
+    /// assert_eq!(layer.plan(&anonymous), LimitPlan::NoKey(MissingKey::Reject));
+    /// # Ok(()) }
+    /// ```
+    pub fn plan<B>(&self, request: &http::Request<B>) -> LimitPlan<'_> {
+        let shared = &*self.shared;
+        let Some(index) = shared.select(request.extensions().get::<Identity>()) else {
+            return LimitPlan::Unlimited;
+        };
+        let tier = shared.tier(index);
+        let mut key = KeyBuilder::from_prefix(&tier.tag);
+        if shared
+            .key
+            .extract(&super::RequestInfo::of(request), &mut key)
+            .is_err()
+        {
+            return LimitPlan::NoKey(shared.missing);
+        }
+        LimitPlan::Counted {
+            role: tier.role.as_deref(),
+            limit: &tier.limit,
+            key: key.into_string(),
+        }
+    }
+}
+
+/// What a [`RateLimitLayer`] would do with a request
+/// ([`RateLimitLayer::plan`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitPlan<'a> {
+    /// No tier applies to the caller, and there is no default limit: the
+    /// request is not limited.
+    Unlimited,
+    /// The key extractor finds nothing to count the request against; the
+    /// [`MissingKey`] setting says what happens to it.
+    NoKey(MissingKey),
+    /// The request is counted against `key` under `limit`.
+    Counted {
+        /// The role of the tier that applies; `None` for the default limit.
+        role: Option<&'a str>,
+        /// The limit of that tier.
+        limit: &'a Limit,
+        /// The key, scope and tier included.
+        key: String,
+    },
+}
+
 impl<S> Layer<S> for RateLimitLayer {
     type Service = RateLimit<S>;
 

@@ -104,7 +104,9 @@ pub use key::{
 };
 #[cfg(feature = "redis")]
 pub use layer::RedisRateLimitLayer;
-pub use layer::{FailurePolicy, MissingKey, RateLimitError, RateLimitLayer, RateLimitLayerBuilder};
+pub use layer::{
+    FailurePolicy, LimitPlan, MissingKey, RateLimitError, RateLimitLayer, RateLimitLayerBuilder,
+};
 pub use limit::{Limit, LimitError, MAX_WINDOWS, Window};
 pub use local::{DEFAULT_MAX_KEYS, LocalLimiter, TokioClock};
 #[cfg(feature = "metrics")]

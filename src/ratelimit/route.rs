@@ -49,6 +49,36 @@ impl Route {
     }
 }
 
+/// Reading a route's rate limits back.
+impl Route {
+    /// The limits added with [`Route::rate_limit`], in order (each a cheap
+    /// handle on the same shared state the route enforces).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_gateway::ratelimit::{Consumer, Limit, RateLimitLayer};
+    /// use tower_gateway::route::Route;
+    ///
+    /// let limit = RateLimitLayer::builder()
+    ///     .key(Consumer::subject())
+    ///     .limit(Limit::new().per_minute(60))
+    ///     .scope("orders")
+    ///     .build()?;
+    /// let route = Route::prefix("/orders").rate_limit(&limit);
+    /// let scopes: Vec<String> = route.rate_limits().map(|l| l.scope().to_owned()).collect();
+    /// assert_eq!(scopes, ["orders"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn rate_limits(&self) -> impl Iterator<Item = RateLimitLayer> + '_ {
+        self.setting::<RouteLimits>()
+            .into_iter()
+            .flat_map(|limits| limits.0.iter())
+            .map(|shared| RateLimitLayer {
+                shared: shared.clone(),
+            })
+    }
+}
+
 /// Applies the rate limits of each request's matched route
 /// ([`Route::rate_limit`]); requests whose route has none pass untouched.
 ///

@@ -136,6 +136,70 @@ impl RbacLayer {
     pub fn policy(&self) -> &Arc<Policy> {
         &self.shared.policy
     }
+
+    /// What the layer decides for `request`, without counting, logging or
+    /// rewriting anything: the rules of its matched route
+    /// ([`Route::roles`](crate::route::Route::roles)) if it has any, else the
+    /// layer's policy on the normalized path; the caller's roles from the
+    /// [`Identity`] in its extensions (none: anonymous), through the role
+    /// source and the hierarchy. In [shadow](Self::shadow) mode the layer
+    /// lets the request pass whatever this says.
+    ///
+    /// For tools that explain a policy (an authorization matrix, a dry
+    /// run of a new configuration) from the very layer that enforces it.
+    ///
+    /// ```
+    /// use http::{Method, Request};
+    /// use tower_gateway::identity::{Identity, RoleSource};
+    /// use tower_gateway::rbac::{Decision, RbacLayer, RoleHierarchy};
+    /// use tower_gateway::route::{Route, Routes};
+    ///
+    /// let routes = Routes::builder()
+    ///     .route(Route::prefix("/orders").roles([Method::GET], ["user"]))
+    ///     .build()?;
+    /// let rbac = RbacLayer::default().hierarchy(RoleHierarchy::new().inherit("admin", ["user"]));
+    /// let orders = routes.iter().next().cloned().expect("one route");
+    /// let request = |method: Method, roles: Option<&str>| {
+    ///     let mut request = Request::builder().method(method).uri("/orders").body(()).unwrap();
+    ///     request.extensions_mut().insert(orders.clone());
+    ///     if let Some(role) = roles {
+    ///         let claims = serde_json::json!({ "sub": "ann", "roles": [role] });
+    ///         let claims = claims.as_object().cloned().unwrap_or_default();
+    ///         request.extensions_mut().insert(Identity::from_claims(claims, &RoleSource::default()));
+    ///     }
+    ///     request
+    /// };
+    /// assert_eq!(rbac.decide(&request(Method::GET, None))?, Decision::Unauthenticated);
+    /// assert_eq!(rbac.decide(&request(Method::GET, Some("admin")))?, Decision::Allow);
+    /// // Methods no rule names are refused.
+    /// assert_eq!(rbac.decide(&request(Method::DELETE, Some("admin")))?, Decision::Forbidden);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn decide<B>(&self, request: &Request<B>) -> Result<Decision, path::PathError> {
+        let shared = &*self.shared;
+        let route_roles = request
+            .extensions()
+            .get::<MatchedRoute>()
+            .and_then(|route| route.setting::<RouteRoles>());
+        let normalized = match route_roles {
+            Some(_) => ANY_PATH.clone(),
+            None => path::normalize(request.uri().path())?,
+        };
+        let policy = route_roles.map_or(&*shared.policy, |r| &*r.policy);
+        let identity = request.extensions().get::<Identity>();
+        let extracted;
+        let roles = match (identity, &shared.role_source) {
+            (None, _) => None,
+            (Some(identity), None) => Some(identity.roles()),
+            (Some(identity), Some(source)) => {
+                extracted = source.extract(identity.claims());
+                Some(extracted.as_slice())
+            }
+        };
+        Ok(policy
+            .evaluate(request.method(), &normalized, roles, &shared.hierarchy)
+            .0)
+    }
 }
 
 impl<S> Layer<S> for RbacLayer {

@@ -116,7 +116,46 @@ impl SeriesCache {
         // map is bounded by the cap times the method labels.
         let mut routes = self.routes.write().unwrap_or_else(PoisonError::into_inner);
         routes.entry(route.clone()).or_default()[slot]
-            .get_or_insert_with(|| series)
+            .get_or_insert(series)
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::GatewayMetrics;
+
+    #[test]
+    fn cached_handles_record_into_the_exported_series() {
+        let metrics = GatewayMetrics::default();
+        let inner = &metrics.inner;
+        let route: Arc<str> = Arc::from("/orders");
+        let first = inner.series.get(&inner.families, &route, "GET");
+        let again = inner.series.get(&inner.families, &route, "GET");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "one resolution per route and method"
+        );
+        let post = inner.series.get(&inner.families, &route, "POST");
+        assert!(!Arc::ptr_eq(&first, &post));
+
+        first.requests(&inner.families, 200).inc();
+        again.requests(&inner.families, 200).inc();
+        first.requests(&inner.families, 404).inc();
+        post.request_size.observe(10.0);
+        let text = metrics.encode_prometheus_text();
+        assert!(
+            text.contains(r#"gateway_requests_total{route="/orders",method="GET",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_requests_total{route="/orders",method="GET",status="404"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_request_size_bytes_count{route="/orders",method="POST"} 1"#),
+            "{text}"
+        );
     }
 }

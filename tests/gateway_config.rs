@@ -497,6 +497,62 @@ fn every_shipped_config_is_valid() {
     }
 }
 
+/// The fenced ```toml blocks of a Markdown file.
+fn toml_blocks(markdown: &str) -> Vec<String> {
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, fence) if fence.starts_with("```toml") => current = Some(String::new()),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_readme_config_snippets_are_valid_configs() {
+    let readme = include_str!("../README.md");
+    let blocks = toml_blocks(readme);
+    assert!(!blocks.is_empty(), "the README shows a config");
+    for block in &blocks {
+        if let Err(errors) = parse_with(block, &[]) {
+            panic!("README snippet refused: {errors}\n{block}");
+        }
+    }
+}
+
+#[test]
+fn the_config_reference_snippets_are_valid_toml_with_known_fields() {
+    // CONFIG.md shows fragments (one section each), with file paths that do
+    // not exist here: each must parse, and only use fields the full config
+    // knows — checked by adding it to a minimal config and keeping the
+    // errors that are not about missing files or sections it leaves out.
+    let reference = include_str!("../examples/gateway/CONFIG.md");
+    let blocks = toml_blocks(reference);
+    assert!(blocks.len() >= 3, "CONFIG.md shows its sections");
+    for block in &blocks {
+        if let Err(error) = block.parse::<toml::Table>() {
+            panic!("CONFIG.md snippet is not TOML: {error}\n{block}");
+        }
+        let unknown: Vec<String> = match parse_with(block, &[("JWT_SECRET", "x")]) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors
+                .0
+                .iter()
+                .filter(|e| e.message.contains("unknown field"))
+                .map(|e| format!("{}: {}", e.path, e.message))
+                .collect(),
+        };
+        assert!(unknown.is_empty(), "{unknown:?}\n{block}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Running gateways.
 

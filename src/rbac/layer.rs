@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::{
     metrics::RuleDenials,
-    policy::{Decision, Policy, RoleHierarchy, Rule},
+    policy::{Decision, Matched, Policy, RoleHierarchy, Rule},
     route::{ANY_PATH, RouteRoles},
 };
 use crate::{
@@ -36,6 +36,30 @@ struct Shared {
     metrics: Option<RuleDenials>,
     #[cfg(feature = "metrics")]
     handle: Option<super::RbacMetrics>,
+}
+
+impl Shared {
+    /// `policy`'s decision for `request` on `path`, with the roles of the
+    /// request's [`Identity`] (read through the layer's role source, if
+    /// any).
+    fn evaluate<B>(
+        &self,
+        policy: &Policy,
+        request: &Request<B>,
+        path: &path::NormalizedPath,
+    ) -> (Decision, Matched) {
+        let identity = request.extensions().get::<Identity>();
+        let extracted;
+        let roles = match (identity, &self.role_source) {
+            (None, _) => None,
+            (Some(identity), None) => Some(identity.roles()),
+            (Some(identity), Some(source)) => {
+                extracted = source.extract(identity.claims());
+                Some(extracted.as_slice())
+            }
+        };
+        policy.evaluate(request.method(), path, roles, &self.hierarchy)
+    }
 }
 
 /// A layer with no policy of its own: it enforces only the role rules of
@@ -186,19 +210,7 @@ impl RbacLayer {
             None => path::normalize(request.uri().path())?,
         };
         let policy = route_roles.map_or(&*shared.policy, |r| &*r.policy);
-        let identity = request.extensions().get::<Identity>();
-        let extracted;
-        let roles = match (identity, &shared.role_source) {
-            (None, _) => None,
-            (Some(identity), None) => Some(identity.roles()),
-            (Some(identity), Some(source)) => {
-                extracted = source.extract(identity.claims());
-                Some(extracted.as_slice())
-            }
-        };
-        Ok(policy
-            .evaluate(request.method(), &normalized, roles, &shared.hierarchy)
-            .0)
+        Ok(shared.evaluate(policy, request, &normalized).0)
     }
 }
 
@@ -256,18 +268,7 @@ where
             },
         };
         let policy = route_roles.map_or(&*shared.policy, |r| &*r.policy);
-        let identity = request.extensions().get::<Identity>();
-        let extracted;
-        let roles = match (identity, &shared.role_source) {
-            (None, _) => None,
-            (Some(identity), None) => Some(identity.roles()),
-            (Some(identity), Some(source)) => {
-                extracted = source.extract(identity.claims());
-                Some(extracted.as_slice())
-            }
-        };
-        let (decision, matched) =
-            policy.evaluate(request.method(), &normalized, roles, &shared.hierarchy);
+        let (decision, matched) = shared.evaluate(policy, &request, &normalized);
         let span = tracing::Span::current();
         if decision == Decision::Allow {
             if !span.is_disabled() {
@@ -303,7 +304,11 @@ where
                 }
             }
         }
-        let subject = identity.and_then(Identity::subject).unwrap_or("-");
+        let subject = request
+            .extensions()
+            .get::<Identity>()
+            .and_then(Identity::subject)
+            .unwrap_or("-");
         let path = request.uri().path();
         if shared.shadow {
             tracing::warn!(

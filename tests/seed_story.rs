@@ -839,10 +839,10 @@ async fn rotating_the_signing_key_fails_no_request() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     load.finish_without_failures(100).await;
 
-    for gw in 0..2 {
+    for (gw, before) in before.into_iter().enumerate() {
         let metrics = story.metrics(gw).await;
-        // The new key was fetched once, on demand.
-        assert!(refreshes(&metrics) > before[gw], "gateway {gw}\n{metrics}");
+        // The new key was fetched on demand.
+        assert!(refreshes(&metrics) > before, "gateway {gw}\n{metrics}");
         let refused = sum(&metrics, "gateway_auth_failures_total", &[]);
         assert_eq!(
             refused, 0.0,

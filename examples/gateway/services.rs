@@ -303,12 +303,15 @@ pub async fn start(
 
 /// A running service instance, as [`spawn`] returns it. Dropping it leaves
 /// the instance running; [`Instance::kill`] stops it.
+// The demo never kills its services; tests/seed_story.rs does.
+#[allow(dead_code)]
 pub struct Instance {
     pub addr: SocketAddr,
     kill: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<tower_gateway::server::ShutdownReport>,
 }
 
+#[allow(dead_code)]
 impl Instance {
     /// Stops the instance the way a crash would, as far as its clients can
     /// tell: the port closes and open connections are cut, requests in

@@ -967,6 +967,11 @@ async fn build_upstream(
             let watch = client
                 .watch(service.clone())
                 .tags(tags.iter().cloned())
+                // `discovery_staleness_seconds{service}`: how old the
+                // instances served are while Consul cannot be reached.
+                .metrics(tower_gateway::discovery::DiscoveryMetrics::new(
+                    &env.telemetry.metrics,
+                ))
                 .spawn()
                 .map_err(|e| ("consul".to_owned(), e.to_string()))?;
             let view = watch.watch();

@@ -297,6 +297,41 @@ pub async fn start(
     issuer: &str,
     metrics: Option<SocketAddr>,
 ) -> Result<SocketAddr, BoxError> {
+    // Dropping the handle leaves the service running.
+    Ok(spawn(kind, listen, pki, issuer, metrics).await?.addr)
+}
+
+/// A running service instance, as [`spawn`] returns it. Dropping it leaves
+/// the instance running; [`Instance::kill`] stops it.
+// The demo never kills its services; tests/seed_story.rs does.
+#[allow(dead_code)]
+pub struct Instance {
+    pub addr: SocketAddr,
+    kill: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<tower_gateway::server::ShutdownReport>,
+}
+
+#[allow(dead_code)]
+impl Instance {
+    /// Stops the instance the way a crash would, as far as its clients can
+    /// tell: the port closes and open connections are cut, requests in
+    /// flight included (no shutdown grace). `tests/seed_story.rs` kills
+    /// one under load.
+    pub async fn kill(self) {
+        let _ = self.kill.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// [`start`], returning a handle that can [kill](Instance::kill) the
+/// instance.
+pub async fn spawn(
+    kind: Kind,
+    listen: SocketAddr,
+    pki: &DevPki,
+    issuer: &str,
+    metrics: Option<SocketAddr>,
+) -> Result<Instance, BoxError> {
     let auth = JwtAuthLayer::builder()
         .issuer(Issuer::new(issuer).audience(AUDIENCE).oidc_discovery())
         .build()?;
@@ -333,8 +368,16 @@ pub async fn start(
     // HTTP/1.1 connection) lock every other request out of the service.
     // The overall cap still holds.
     let serve = tls::serve(listener, acceptor, app);
-    let serve =
-        serve.max_connections_per_ip(tower_gateway::server::Limits::default().max_connections);
-    tokio::spawn(async move { serve.await });
-    Ok(addr)
+    let (kill, killed) = tokio::sync::oneshot::channel::<()>();
+    let serve = serve
+        .max_connections_per_ip(tower_gateway::server::Limits::default().max_connections)
+        .shutdown_timeout(std::time::Duration::ZERO)
+        .with_graceful_shutdown(async {
+            // A dropped handle is no request to stop.
+            if killed.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        });
+    let task = tokio::spawn(async move { serve.await });
+    Ok(Instance { addr, kill, task })
 }

@@ -154,12 +154,14 @@ mod roles;
 mod serve;
 mod xfcc;
 
-pub use acceptor::{Accepted, MtlsAcceptor};
+pub use acceptor::{Accepted, MtlsAcceptor, TlsAccepted, TlsAcceptor};
 pub use client::{MtlsClientConfig, client_connector, wrap_connector};
 pub use error::TlsError;
 pub use layer::{AddPeerIdentity, PeerIdentityLayer};
 pub use peer::{PeerCertificate, PeerCertificateError, parse_peer_certificate, peer_identity};
-pub use reload::{CertificateFiles, ReloadStatus, ReloadingCertificates};
+pub use reload::{
+    CertificateFiles, ReloadStatus, ReloadingCertificates, ReloadingServerCertificate,
+};
 pub use roles::PeerRoles;
-pub use serve::serve;
+pub use serve::{ServerTls, serve};
 pub use xfcc::{ForwardClientCert, ForwardClientCertLayer, X_FORWARDED_CLIENT_CERT};

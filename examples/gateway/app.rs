@@ -1557,15 +1557,27 @@ pub async fn start_from_config(
     let mut serve = server::serve(listener, app).limits(config.server);
     let mut keep = Keep::default();
     if let Some(tls) = &config.listeners.tls {
-        let certs = tls::ReloadingCertificates::from_files(tls::CertificateFiles::new(
-            &tls.cert_file,
-            &tls.key_file,
-            &tls.client_ca_file,
-        ))?;
-        if let Some(every) = tls.reload_interval {
-            keep.alive.push(Box::new(certs.watch(every)));
+        let (acceptor, poller): (tls::ServerTls, _) = match &tls.client_ca_file {
+            Some(client_ca_file) => {
+                let certs = tls::ReloadingCertificates::from_files(tls::CertificateFiles::new(
+                    &tls.cert_file,
+                    &tls.key_file,
+                    client_ca_file,
+                ))?;
+                let poller = tls.reload_interval.map(|every| certs.watch(every));
+                (tls::MtlsAcceptor::new(&certs).into(), poller)
+            }
+            None => {
+                let certificate =
+                    tls::ReloadingServerCertificate::from_files(&tls.cert_file, &tls.key_file)?;
+                let poller = tls.reload_interval.map(|every| certificate.watch(every));
+                (tls::TlsAcceptor::new(&certificate).into(), poller)
+            }
+        };
+        if let Some(poller) = poller {
+            keep.alive.push(Box::new(poller));
         }
-        serve = serve.tls(tls::MtlsAcceptor::new(&certs));
+        serve = serve.tls(acceptor);
     }
     let serve = serve.with_graceful_shutdown(async {
         if stopped.await.is_err() {

@@ -325,7 +325,11 @@ async fn client_without_certificate_is_served_over_h2_and_http1() {
 
 #[tokio::test]
 async fn tls_serve_takes_either_acceptor() {
-    let (addr, _server) = spawn(tls::serve(bind().await, public_acceptor(), whoami(Arc::default())));
+    let (addr, _server) = spawn(tls::serve(
+        bind().await,
+        public_acceptor(),
+        whoami(Arc::default()),
+    ));
     let (status, _, body) = get(&https_client(None, true), addr, "/").await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "anonymous"));
 }
@@ -361,7 +365,10 @@ async fn optional_client_certificate_is_verified_and_becomes_the_identity() {
     assert!(error.contains("UnknownCA"), "{error}");
     // The server's own certificate is not a client certificate.
     let error = refused(&https_client(Some(&f.server), true), addr).await;
-    assert!(error.contains("alert") || error.contains("Alert"), "{error}");
+    assert!(
+        error.contains("alert") || error.contains("Alert"),
+        "{error}"
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         3,
@@ -487,8 +494,7 @@ async fn slowloris_handshake_is_cut_by_the_header_read_timeout() {
             break;
         }
         let mut buf = [0u8; 64];
-        if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await
-        {
+        if let Ok(read) = tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut buf)).await {
             assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
             cut = true;
             break;

@@ -1557,26 +1557,26 @@ pub async fn start_from_config(
     let mut serve = server::serve(listener, app).limits(config.server);
     let mut keep = Keep::default();
     if let Some(tls) = &config.listeners.tls {
-        let (acceptor, poller): (tls::ServerTls, _) = match &tls.client_ca_file {
-            Some(client_ca_file) => {
+        // With a client CA, mutual TLS; without, plain HTTPS.
+        let (chain, key) = (&tls.cert_file, &tls.key_file);
+        let acceptor = match &tls.client_ca_file {
+            Some(ca) => {
                 let certs = tls::ReloadingCertificates::from_files(tls::CertificateFiles::new(
-                    &tls.cert_file,
-                    &tls.key_file,
-                    client_ca_file,
+                    chain, key, ca,
                 ))?;
-                let poller = tls.reload_interval.map(|every| certs.watch(every));
-                (tls::MtlsAcceptor::new(&certs).into(), poller)
+                if let Some(every) = tls.reload_interval {
+                    keep.alive.push(Box::new(certs.watch(every)));
+                }
+                tls::ServerTls::from(tls::MtlsAcceptor::new(&certs))
             }
             None => {
-                let certificate =
-                    tls::ReloadingServerCertificate::from_files(&tls.cert_file, &tls.key_file)?;
-                let poller = tls.reload_interval.map(|every| certificate.watch(every));
-                (tls::TlsAcceptor::new(&certificate).into(), poller)
+                let certificate = tls::ReloadingServerCertificate::from_files(chain, key)?;
+                if let Some(every) = tls.reload_interval {
+                    keep.alive.push(Box::new(certificate.watch(every)));
+                }
+                tls::TlsAcceptor::new(&certificate).into()
             }
         };
-        if let Some(poller) = poller {
-            keep.alive.push(Box::new(poller));
-        }
         serve = serve.tls(acceptor);
     }
     let serve = serve.with_graceful_shutdown(async {

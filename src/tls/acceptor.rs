@@ -83,7 +83,8 @@ impl MtlsAcceptor {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let stream = handshake(self.server_config(), io).await?;
-        let verified = VerifiedPeer::read(&stream, &self.roles)?.ok_or(PeerCertificateError::Missing)?;
+        let verified =
+            VerifiedPeer::read(&stream, &self.roles)?.ok_or(PeerCertificateError::Missing)?;
         Ok(Accepted { stream, verified })
     }
 }
@@ -190,7 +191,9 @@ impl TlsAcceptor {
     /// Serves a fixed certificate chain (PEM, leaf first) and key, asking
     /// for no client certificate.
     pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<Self, TlsError> {
-        Ok(Self::new(&ReloadingServerCertificate::from_pem(chain, key)?))
+        Ok(Self::new(&ReloadingServerCertificate::from_pem(
+            chain, key,
+        )?))
     }
 
     /// Serves the chain and key of `certs` and asks for a client
@@ -338,7 +341,12 @@ impl VerifiedPeer {
     /// rustls reports only certificates its verifier accepted: with
     /// client certificates asked for, a presented one was verified.
     fn read<IO>(stream: &TlsStream<IO>, roles: &PeerRoles) -> Result<Option<Self>, TlsError> {
-        let Some(leaf) = stream.get_ref().1.peer_certificates().and_then(<[_]>::first) else {
+        let Some(leaf) = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(<[_]>::first)
+        else {
             return Ok(None);
         };
         let peer = parse_peer_certificate(leaf)?;

@@ -328,7 +328,10 @@ impl ReloadingServerCertificate {
     /// SEC1) files now (blocking file reads: call it at start-up or from
     /// a blocking context). Fails if they are not usable; after that, bad
     /// files never replace good material.
-    pub fn from_files(chain: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Result<Self, TlsError> {
+    pub fn from_files(
+        chain: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self, TlsError> {
         let paths = Paths {
             chain: chain.into(),
             key: key.into(),

@@ -1,8 +1,17 @@
-//! Mutual TLS between the gateway and services: client certificates
-//! required and verified against a private CA, the verified peer as the
-//! crate's [`Identity`](crate::identity::Identity), certificates reloaded
-//! without a restart.
+//! TLS for the gateway: HTTPS for public clients, mutual TLS between the
+//! gateway and services (client certificates required and verified against
+//! a private CA), the verified peer as the crate's
+//! [`Identity`](crate::identity::Identity), certificates reloaded without a
+//! restart.
 //!
+//! - **Public HTTPS.** [`TlsAcceptor`] serves the server's certificate
+//!   ([`ReloadingServerCertificate`]: chain and key, no CA) and asks for no
+//!   client certificate — or, with
+//!   [`TlsAcceptor::with_optional_client_certificates`], asks for one
+//!   without requiring it: verified against a CA when presented, its
+//!   identity then reaching each request as below; anonymous otherwise.
+//!   [`server::serve(..).tls(..)`](crate::server::Serve::tls) takes it or
+//!   an [`MtlsAcceptor`] (see [`ServerTls`]).
 //! - **Server side.** [`serve`] accepts connections with an
 //!   [`MtlsAcceptor`] — a client without a certificate, or with one that
 //!   does not chain to the private CA (another CA, expired), fails the

@@ -676,4 +676,47 @@ mod tests {
         // PEM material has no files to reload.
         assert!(!certs.reload().unwrap());
     }
+
+    #[test]
+    fn server_certificate_reloads_without_a_ca() {
+        let (_, [(chain1, key1), (chain2, key2)]) = pki();
+        let certificate =
+            ReloadingServerCertificate::from_pem(chain1.as_bytes(), key1.as_bytes()).unwrap();
+        let subject = |c: &ReloadingServerCertificate| {
+            super::super::parse_peer_certificate(&c.certificate_chain()[0])
+                .unwrap()
+                .subject
+        };
+        assert_eq!(subject(&certificate), "CN=one");
+        let before = certificate.server_config();
+        assert_eq!(
+            before.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+
+        // A mismatched key or garbage: refused, nothing changes.
+        assert!(matches!(
+            certificate.replace_pem(chain2.as_bytes(), key1.as_bytes()),
+            Err(TlsError::Config(_))
+        ));
+        assert!(
+            certificate
+                .replace_pem(b"garbage", key2.as_bytes())
+                .is_err()
+        );
+        assert!(Arc::ptr_eq(&before, &certificate.server_config()));
+
+        certificate
+            .replace_pem(chain2.as_bytes(), key2.as_bytes())
+            .unwrap();
+        assert_eq!(subject(&certificate), "CN=two");
+        assert_eq!(
+            certificate.status(),
+            ReloadStatus {
+                reloads: 1,
+                failures: 2
+            }
+        );
+        assert!(!certificate.reload().unwrap());
+    }
 }

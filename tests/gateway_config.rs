@@ -1028,3 +1028,61 @@ where
     }
     panic!("condition not reached in 10 s");
 }
+
+#[tokio::test]
+async fn public_listener_without_client_ca_file_serves_plain_https() {
+    let dir = tempdir("https");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("server.crt"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), cert.signing_key.serialize_pem()).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{MINIMAL}
+[listeners]
+public = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[listeners.tls]
+cert_file = "server.crt"
+key_file = "server.key"
+reload_interval = "1m"
+"#
+        ),
+    )
+    .unwrap();
+    let loaded = config::load_file(&path, &config::ProcessEnv).expect("valid config");
+    let tls = loaded.config.listeners.tls.clone().expect("tls");
+    assert_eq!(tls.client_ca_file, None);
+    let running = app::start_from_config(loaded, None)
+        .await
+        .expect("the gateway starts");
+
+    // A client with no certificate of its own, trusting the gateway's.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_all_versions()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    let uri = format!("https://localhost:{}/unrouted", running.gateway.port());
+    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri.parse().unwrap()))
+        .await
+        .expect("in time")
+        .expect("served over https");
+    // The gateway itself answered (no route), over HTTP/2 by ALPN.
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    running.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

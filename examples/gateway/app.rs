@@ -1562,15 +1562,27 @@ pub async fn start_from_config(
     let mut serve = server::serve(listener, app).limits(config.server);
     let mut keep = Keep::default();
     if let Some(tls) = &config.listeners.tls {
-        let certs = tls::ReloadingCertificates::from_files(tls::CertificateFiles::new(
-            &tls.cert_file,
-            &tls.key_file,
-            &tls.client_ca_file,
-        ))?;
-        if let Some(every) = tls.reload_interval {
-            keep.alive.push(Box::new(certs.watch(every)));
-        }
-        serve = serve.tls(tls::MtlsAcceptor::new(&certs));
+        // With a client CA, mutual TLS; without, plain HTTPS.
+        let (chain, key) = (&tls.cert_file, &tls.key_file);
+        let acceptor = match &tls.client_ca_file {
+            Some(ca) => {
+                let certs = tls::ReloadingCertificates::from_files(tls::CertificateFiles::new(
+                    chain, key, ca,
+                ))?;
+                if let Some(every) = tls.reload_interval {
+                    keep.alive.push(Box::new(certs.watch(every)));
+                }
+                tls::ServerTls::from(tls::MtlsAcceptor::new(&certs))
+            }
+            None => {
+                let certificate = tls::ReloadingServerCertificate::from_files(chain, key)?;
+                if let Some(every) = tls.reload_interval {
+                    keep.alive.push(Box::new(certificate.watch(every)));
+                }
+                tls::TlsAcceptor::new(&certificate).into()
+            }
+        };
+        serve = serve.tls(acceptor);
     }
     let serve = serve.with_graceful_shutdown(async {
         if stopped.await.is_err() {

@@ -129,12 +129,13 @@ pub struct Listeners {
     pub tls: Option<ListenerTls>,
 }
 
-/// Mutual TLS on the public listener.
+/// TLS on the public listener: mutual TLS with `client_ca_file`, plain
+/// server TLS without.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
-    pub client_ca_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
     pub reload_interval: Option<Duration>,
 }
 
@@ -1060,13 +1061,11 @@ impl Cx<'_> {
             );
             let cert_file = self.required_path(tls, "cert_file");
             let key_file = self.required_path(tls, "key_file");
-            // The crate's acceptor is mutual TLS: it always verifies client
-            // certificates against this CA.
-            let client_ca_file = self.required_path(tls, "client_ca_file");
+            // With it, client certificates are required and verified
+            // against this CA; without it, plain server TLS.
+            let client_ca_file = self.path(tls, "client_ca_file");
             let reload_interval = self.positive_duration(tls, "reload_interval");
-            if let (Some(cert_file), Some(key_file), Some(client_ca_file)) =
-                (cert_file, key_file, client_ca_file)
-            {
+            if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
                 listeners.tls = Some(ListenerTls {
                     cert_file,
                     key_file,

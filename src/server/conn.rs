@@ -44,7 +44,7 @@ pub(crate) struct Shared {
     pub(crate) renderer: Renderer,
     pub(crate) signals: Signals,
     #[cfg(feature = "tls")]
-    pub(crate) acceptor: Option<crate::tls::MtlsAcceptor>,
+    pub(crate) acceptor: Option<crate::tls::ServerTls>,
 }
 
 const HTTP1: u8 = 1;
@@ -259,7 +259,7 @@ pub(crate) async fn serve_connection<S, B>(
 #[cfg(feature = "tls")]
 async fn serve_tls<S, B>(
     io: ProgressIo<TcpStream>,
-    acceptor: crate::tls::MtlsAcceptor,
+    acceptor: crate::tls::ServerTls,
     remote: SocketAddr,
     service: S,
     shared: &Shared,
@@ -277,7 +277,7 @@ async fn serve_tls<S, B>(
         accepted = handshake => accepted,
         () = state.signalled() => return,
     };
-    let accepted = match accepted {
+    let (stream, layer) = match accepted {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(error)) => {
             tracing::debug!(target: "tower_gateway::tls", %remote, %error, "tls handshake refused");
@@ -288,15 +288,26 @@ async fn serve_tls<S, B>(
             return;
         }
     };
-    tracing::debug!(
-        target: "tower_gateway::tls",
-        %remote,
-        subject = %accepted.peer().subject,
-        sans = ?accepted.peer().sans,
-        "mtls connection accepted"
-    );
-    let (stream, layer) = accepted.into_parts();
-    let service = tower_layer::Layer::layer(&layer, service);
+    // One service type for both: a verified client's requests carry its
+    // identity, an anonymous client's carry none.
+    let service = match layer {
+        Some(layer) => {
+            if let Some(peer) = layer.identity().peer() {
+                tracing::debug!(
+                    target: "tower_gateway::tls",
+                    %remote,
+                    subject = %peer.subject,
+                    sans = ?peer.sans,
+                    "tls connection accepted with a verified client certificate"
+                );
+            }
+            tower::util::Either::Left(tower_layer::Layer::layer(&layer, service))
+        }
+        None => {
+            tracing::debug!(target: "tower_gateway::tls", %remote, "tls connection accepted");
+            tower::util::Either::Right(service)
+        }
+    };
     http(TokioIo::new(stream), remote, service, shared, drain, state).await;
 }
 

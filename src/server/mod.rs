@@ -24,7 +24,7 @@
 //! `Transfer-Encoding` checked) before your service runs. An HTTP/1.1
 //! response sent before the request body was read (a 401 for an upload)
 //! carries `Connection: close`, since the connection cannot be reused.
-//! With the `tls` feature, [`Serve::tls`] serves mutual TLS.
+//! With the `tls` feature, [`Serve::tls`] serves HTTPS, or mutual TLS.
 //!
 //! # Example
 //!

@@ -77,7 +77,7 @@ pub struct Serve<S, F> {
     renderer: Renderer,
     signal: F,
     #[cfg(feature = "tls")]
-    acceptor: Option<crate::tls::MtlsAcceptor>,
+    acceptor: Option<crate::tls::ServerTls>,
 }
 
 impl<S, F> fmt::Debug for Serve<S, F> {
@@ -189,18 +189,43 @@ impl<S, F> Serve<S, F> {
         self
     }
 
-    /// Serves over TLS — with a client certificate required and verified,
-    /// and the peer's [`Identity`](crate::identity::Identity) and
-    /// [`PeerIdentity`](crate::identity::PeerIdentity) in every request
-    /// (see [`PeerIdentityLayer`](crate::tls::PeerIdentityLayer)). The
-    /// handshake must complete within the
+    /// Serves over TLS: with a [`TlsAcceptor`](crate::tls::TlsAcceptor),
+    /// ordinary HTTPS (no client certificate, or an optional one); with an
+    /// [`MtlsAcceptor`](crate::tls::MtlsAcceptor), mutual TLS (a client
+    /// certificate required). On a connection whose client certificate
+    /// was verified, every request carries the peer's
+    /// [`Identity`](crate::identity::Identity) and
+    /// [`PeerIdentity`](crate::identity::PeerIdentity) (see
+    /// [`PeerIdentityLayer`](crate::tls::PeerIdentityLayer)). ALPN picks
+    /// HTTP/2 or HTTP/1.1. The handshake must complete within the
     /// [header read timeout](Self::header_read_timeout); refused handshakes
     /// are logged at `debug` (target `tower_gateway::tls`) and never reach
     /// the service.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use axum::{Router, routing::get};
+    /// use tokio::net::TcpListener;
+    /// use tower_gateway::{server, tls::{ReloadingServerCertificate, TlsAcceptor}};
+    ///
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let certificate = ReloadingServerCertificate::from_files(
+    ///     "/etc/gateway/fullchain.pem",
+    ///     "/etc/gateway/privkey.pem",
+    /// )?;
+    /// let _poller = certificate.watch(Duration::from_secs(60));
+    /// let app = Router::new().route("/", get(|| async { "hello" }));
+    /// let listener = TcpListener::bind("0.0.0.0:443").await?;
+    /// server::serve(listener, app)
+    ///     .tls(TlsAcceptor::new(&certificate))
+    ///     .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+    ///     .await;
+    /// # Ok(()) }
+    /// ```
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
-    pub fn tls(mut self, acceptor: crate::tls::MtlsAcceptor) -> Self {
-        self.acceptor = Some(acceptor);
+    pub fn tls(mut self, acceptor: impl Into<crate::tls::ServerTls>) -> Self {
+        self.acceptor = Some(acceptor.into());
         self
     }
 

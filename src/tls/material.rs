@@ -1,5 +1,6 @@
 //! PEM in, rustls pieces out: the certificate chain and key this side
-//! presents, and the private CA that the other side must chain to.
+//! presents, and (for mutual TLS) the private CA that the other side must
+//! chain to.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use rustls::{
     client::WebPkiServerVerifier,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
+    server::{WebPkiClientVerifier, danger::ClientCertVerifier},
     sign::{CertifiedKey, SingleCertAndKey},
 };
 
@@ -27,6 +28,10 @@ pub(super) struct Material {
     /// The configuration for server handshakes: mandatory client
     /// certificates chaining to the private CA.
     pub(super) server: Arc<ServerConfig>,
+    /// The configuration for server handshakes where the client
+    /// certificate is optional: verified against the private CA when one
+    /// is presented.
+    pub(super) server_optional_client: Arc<ServerConfig>,
     /// Verifies servers against the private CA only.
     pub(super) server_verifier: Arc<WebPkiServerVerifier>,
     /// The private CA, for verifiers that check a URI rather than a name.
@@ -54,22 +59,69 @@ impl Material {
         // Mandatory: a client without a certificate, or with one that does
         // not chain to the private CA, is refused during the handshake
         // (Express's `requestCert: true, rejectUnauthorized: true`).
-        let client_verifier =
+        let required =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
-        let mut server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(client_verifier)
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
-        server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+        let server = server_config(provider, required, &key)?;
+        // Optional: a certificate is asked for; none is fine, but one that
+        // is presented must chain to the private CA. RFC 8446 §4.4.2.4
+        // lets the server either continue unauthenticated or abort on an
+        // unacceptable chain: aborting means a client that tried to prove
+        // who it is never passes silently as anonymous.
+        let optional = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .allow_unauthenticated()
+            .build()?;
+        let server_optional_client = server_config(provider, optional, &key)?;
         let server_verifier =
             WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
         Ok(Self {
             key,
-            server: Arc::new(server),
+            server,
+            server_optional_client,
             server_verifier,
             roots,
         })
     }
+}
+
+/// The TLS material of a server that asks for no client certificate: its
+/// chain and key only, derived once per (re)load.
+#[derive(Debug)]
+pub(super) struct ServerMaterial {
+    /// The chain and key the server presents.
+    pub(super) key: Arc<CertifiedKey>,
+    /// The configuration for server handshakes: no client certificate.
+    pub(super) server: Arc<ServerConfig>,
+}
+
+impl ServerMaterial {
+    /// Parses and checks the chain and key; nothing is kept unless both
+    /// are usable and the key matches the leaf certificate.
+    pub(super) fn from_pem(
+        chain: &[u8],
+        key: &[u8],
+        provider: &Arc<CryptoProvider>,
+    ) -> Result<Self, TlsError> {
+        let chain = certificates(chain, "certificate chain")?;
+        let key = private_key(key)?;
+        let key = Arc::new(CertifiedKey::from_der(chain, key, provider)?);
+        let server = server_config(provider, WebPkiClientVerifier::no_client_auth(), &key)?;
+        Ok(Self { key, server })
+    }
+}
+
+/// A server configuration presenting `key`, checking client certificates
+/// with `client_verifier`, offering HTTP/2 and HTTP/1.1.
+fn server_config(
+    provider: &Arc<CryptoProvider>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    key: &Arc<CertifiedKey>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(client_verifier)
+        .with_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
+    server.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(server))
 }
 
 /// Every certificate in `pem`; at least one, and no malformed section.

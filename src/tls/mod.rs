@@ -1,8 +1,17 @@
-//! Mutual TLS between the gateway and services: client certificates
-//! required and verified against a private CA, the verified peer as the
-//! crate's [`Identity`](crate::identity::Identity), certificates reloaded
-//! without a restart.
+//! TLS for the gateway: HTTPS for public clients, mutual TLS between the
+//! gateway and services (client certificates required and verified against
+//! a private CA), the verified peer as the crate's
+//! [`Identity`](crate::identity::Identity), certificates reloaded without a
+//! restart.
 //!
+//! - **Public HTTPS.** [`TlsAcceptor`] serves the server's certificate
+//!   ([`ReloadingServerCertificate`]: chain and key, no CA) and asks for no
+//!   client certificate — or, with
+//!   [`TlsAcceptor::with_optional_client_certificates`], asks for one
+//!   without requiring it: verified against a CA when presented, its
+//!   identity then reaching each request as below; anonymous otherwise.
+//!   [`server::serve(..).tls(..)`](crate::server::Serve::tls) takes it or
+//!   an [`MtlsAcceptor`] (see [`ServerTls`]).
 //! - **Server side.** [`serve`] accepts connections with an
 //!   [`MtlsAcceptor`] — a client without a certificate, or with one that
 //!   does not chain to the private CA (another CA, expired), fails the
@@ -154,12 +163,14 @@ mod roles;
 mod serve;
 mod xfcc;
 
-pub use acceptor::{Accepted, MtlsAcceptor};
+pub use acceptor::{Accepted, MtlsAcceptor, TlsAccepted, TlsAcceptor};
 pub use client::{MtlsClientConfig, client_connector, wrap_connector};
 pub use error::TlsError;
 pub use layer::{AddPeerIdentity, PeerIdentityLayer};
 pub use peer::{PeerCertificate, PeerCertificateError, parse_peer_certificate, peer_identity};
-pub use reload::{CertificateFiles, ReloadStatus, ReloadingCertificates};
+pub use reload::{
+    CertificateFiles, ReloadStatus, ReloadingCertificates, ReloadingServerCertificate,
+};
 pub use roles::PeerRoles;
-pub use serve::serve;
+pub use serve::{ServerTls, serve};
 pub use xfcc::{ForwardClientCert, ForwardClientCertLayer, X_FORWARDED_CLIENT_CERT};

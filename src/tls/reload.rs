@@ -19,7 +19,10 @@ use rustls::{
 };
 use tokio::{sync::watch, task::JoinHandle, time::MissedTickBehavior};
 
-use super::{TlsError, material::Material};
+use super::{
+    TlsError,
+    material::{Material, ServerMaterial},
+};
 
 /// Where the PEM files of one TLS identity live: the certificate chain
 /// (leaf first), its private key, and the private CA the other side must
@@ -55,7 +58,28 @@ impl CertificateFiles {
     pub fn ca(&self) -> &Path {
         &self.ca
     }
+}
 
+/// The files a reloading source reads: [`CertificateFiles`], or a server
+/// certificate's chain and key without a CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Paths {
+    chain: PathBuf,
+    key: PathBuf,
+    ca: Option<PathBuf>,
+}
+
+impl From<CertificateFiles> for Paths {
+    fn from(files: CertificateFiles) -> Self {
+        Self {
+            chain: files.chain,
+            key: files.key,
+            ca: Some(files.ca),
+        }
+    }
+}
+
+impl Paths {
     fn read(&self) -> Result<Contents, TlsError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::Read {
@@ -66,19 +90,39 @@ impl CertificateFiles {
         Ok(Contents {
             chain: read(&self.chain)?,
             key: read(&self.key)?,
-            ca: read(&self.ca)?,
+            ca: self.ca.as_deref().map(read).transpose()?,
         })
     }
 }
 
-/// The bytes of the three files, compared whole: PEM files are a few KiB,
-/// and metadata alone misses a rewrite within the file system's timestamp
+/// The bytes of the files, compared whole: PEM files are a few KiB, and
+/// metadata alone misses a rewrite within the file system's timestamp
 /// granularity.
 #[derive(Clone, PartialEq, Eq)]
 struct Contents {
     chain: Vec<u8>,
     key: Vec<u8>,
-    ca: Vec<u8>,
+    ca: Option<Vec<u8>>,
+}
+
+/// What a reloading source turns its PEM contents into, once per load.
+trait Load: Sized + Send + Sync + 'static {
+    fn load(contents: &Contents, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError>;
+}
+
+impl Load for Material {
+    fn load(contents: &Contents, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        // Every way of building a `ReloadingCertificates` reads a CA; an
+        // empty one would be refused as "ca: no certificate in pem".
+        let ca = contents.ca.as_deref().unwrap_or_default();
+        Material::from_pem(&contents.chain, &contents.key, ca, provider)
+    }
+}
+
+impl Load for ServerMaterial {
+    fn load(contents: &Contents, provider: &Arc<CryptoProvider>) -> Result<Self, TlsError> {
+        ServerMaterial::from_pem(&contents.chain, &contents.key, provider)
+    }
 }
 
 /// How reloading went so far; see [`ReloadingCertificates::subscribe`].
@@ -103,7 +147,8 @@ pub struct ReloadStatus {
 /// [`MtlsClientConfig`](super::MtlsClientConfig) resolves its client
 /// certificate ([`ResolvesClientCert`]) and verifies servers against the
 /// current CA. It also implements [`ResolvesServerCert`], for a
-/// `ServerConfig` built elsewhere.
+/// `ServerConfig` built elsewhere. A server that asks for no client
+/// certificate needs no CA: see [`ReloadingServerCertificate`].
 ///
 /// Material loaded from files is polled by [`watch`](Self::watch): when any
 /// of the three files changes, all three are parsed together and swapped
@@ -130,35 +175,12 @@ pub struct ReloadStatus {
 /// ```
 #[derive(Clone)]
 pub struct ReloadingCertificates {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    current: ArcSwap<Material>,
-    provider: Arc<CryptoProvider>,
-    files: Option<Watched>,
-    status: watch::Sender<ReloadStatus>,
-}
-
-struct Watched {
-    files: CertificateFiles,
-    state: Mutex<WatchState>,
-}
-
-struct WatchState {
-    /// The contents of the material in use.
-    loaded: Contents,
-    /// What the last poll saw (contents, or the read error's text), so a
-    /// bad file is reported once, not at every poll.
-    seen: Result<Contents, String>,
+    shared: Arc<Shared<Material>>,
 }
 
 impl fmt::Debug for ReloadingCertificates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadingCertificates")
-            .field("files", &self.shared.files.as_ref().map(|w| &w.files))
-            .field("status", &*self.shared.status.borrow())
-            .finish_non_exhaustive()
+        self.shared.debug("ReloadingCertificates", f)
     }
 }
 
@@ -167,51 +189,22 @@ impl ReloadingCertificates {
     /// or from a blocking context). Fails if they are not usable; after
     /// that, bad files never replace good material.
     pub fn from_files(files: CertificateFiles) -> Result<Self, TlsError> {
-        let provider = ring_provider();
-        let contents = files.read()?;
-        let material = Material::from_pem(&contents.chain, &contents.key, &contents.ca, &provider)?;
-        let watched = Watched {
-            files,
-            state: Mutex::new(WatchState {
-                seen: Ok(contents.clone()),
-                loaded: contents,
-            }),
-        };
-        Ok(Self::with(material, provider, Some(watched)))
+        Ok(Self {
+            shared: Shared::from_files(files.into())?,
+        })
     }
 
     /// Material given as PEM (from a secret store, say) rather than files.
     /// It changes only through [`replace_pem`](Self::replace_pem).
     pub fn from_pem(chain: &[u8], key: &[u8], ca: &[u8]) -> Result<Self, TlsError> {
-        let provider = ring_provider();
-        let material = Material::from_pem(chain, key, ca, &provider)?;
-        Ok(Self::with(material, provider, None))
-    }
-
-    fn with(material: Material, provider: Arc<CryptoProvider>, files: Option<Watched>) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                current: ArcSwap::from_pointee(material),
-                provider,
-                files,
-                status: watch::Sender::new(ReloadStatus::default()),
-            }),
-        }
+        Ok(Self {
+            shared: Shared::from_pem(chain, key, Some(ca))?,
+        })
     }
 
     /// Swaps in new PEM material; on error the current material stays.
     pub fn replace_pem(&self, chain: &[u8], key: &[u8], ca: &[u8]) -> Result<(), TlsError> {
-        let shared = &self.shared;
-        match Material::from_pem(chain, key, ca, &shared.provider) {
-            Ok(material) => {
-                shared.install(material);
-                Ok(())
-            }
-            Err(error) => {
-                shared.failed();
-                Err(error)
-            }
-        }
+        self.shared.replace(chain, key, Some(ca))
     }
 
     /// Reads the files now and swaps in their material if it changed
@@ -230,9 +223,7 @@ impl ReloadingCertificates {
     /// Material not loaded from files has nothing to poll. Must be called
     /// within a Tokio runtime.
     pub fn watch(&self, every: Duration) -> JoinHandle<()> {
-        let shared = Arc::downgrade(&self.shared);
-        let every = every.max(Duration::from_millis(1));
-        tokio::spawn(poll_files(shared, every))
+        watch_files(&self.shared, every)
     }
 
     /// Follows reloads: the status changes after every reload attempt that
@@ -256,6 +247,12 @@ impl ReloadingCertificates {
     /// ALPN `h2` and `http/1.1`.
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.shared.current.load().server.clone()
+    }
+
+    /// The same, with the client certificate optional: verified against
+    /// the private CA when one is presented.
+    pub(super) fn server_config_optional_client(&self) -> Arc<ServerConfig> {
+        self.shared.current.load().server_optional_client.clone()
     }
 
     pub(super) fn provider(&self) -> &Arc<CryptoProvider> {
@@ -291,12 +288,196 @@ impl ResolvesClientCert for ReloadingCertificates {
     }
 }
 
+/// A server's certificate chain and key — no CA, as a server that asks
+/// for no client certificate has nothing to verify — swapped atomically
+/// when they change, without a restart: what a public HTTPS listener
+/// serves with [`TlsAcceptor`](super::TlsAcceptor).
+///
+/// Reloads like [`ReloadingCertificates`]: [`watch`](Self::watch) polls
+/// both files and swaps them in together only if the key matches the
+/// certificate; a bad file keeps the current certificate and logs an
+/// error. Renewals (ACME clients rewriting `fullchain.pem` and
+/// `privkey.pem`) apply to the next handshake.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_gateway::tls::{ReloadingServerCertificate, TlsAcceptor};
+///
+/// # #[tokio::main] async fn main() -> Result<(), tower_gateway::tls::TlsError> {
+/// let certificate = ReloadingServerCertificate::from_files(
+///     "/etc/gateway/fullchain.pem",
+///     "/etc/gateway/privkey.pem",
+/// )?;
+/// let _poller = certificate.watch(Duration::from_secs(60));
+/// let acceptor = TlsAcceptor::new(&certificate);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct ReloadingServerCertificate {
+    shared: Arc<Shared<ServerMaterial>>,
+}
+
+impl fmt::Debug for ReloadingServerCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.shared.debug("ReloadingServerCertificate", f)
+    }
+}
+
+impl ReloadingServerCertificate {
+    /// Loads the chain (PEM, leaf first) and key (PEM: PKCS#8, PKCS#1 or
+    /// SEC1) files now (blocking file reads: call it at start-up or from
+    /// a blocking context). Fails if they are not usable; after that, bad
+    /// files never replace good material.
+    pub fn from_files(
+        chain: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Result<Self, TlsError> {
+        let paths = Paths {
+            chain: chain.into(),
+            key: key.into(),
+            ca: None,
+        };
+        Ok(Self {
+            shared: Shared::from_files(paths)?,
+        })
+    }
+
+    /// A chain and key given as PEM rather than files. It changes only
+    /// through [`replace_pem`](Self::replace_pem).
+    pub fn from_pem(chain: &[u8], key: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self {
+            shared: Shared::from_pem(chain, key, None)?,
+        })
+    }
+
+    /// Swaps in a new chain and key; on error the current ones stay.
+    pub fn replace_pem(&self, chain: &[u8], key: &[u8]) -> Result<(), TlsError> {
+        self.shared.replace(chain, key, None)
+    }
+
+    /// Reads the files now and swaps in their material if it changed
+    /// (blocking file reads). `Ok(false)`: nothing changed, or the
+    /// material did not come from files. On error the current material
+    /// stays.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        self.shared.reload()
+    }
+
+    /// Polls the files every `every` (at least 1 ms) on a background task
+    /// and reloads them when they change. The task ends when every clone
+    /// of `self` (and every acceptor built from it) is dropped, or when
+    /// the returned handle is aborted. Must be called within a Tokio
+    /// runtime.
+    pub fn watch(&self, every: Duration) -> JoinHandle<()> {
+        watch_files(&self.shared, every)
+    }
+
+    /// Follows reloads: the status changes after every reload attempt that
+    /// saw new contents.
+    pub fn subscribe(&self) -> watch::Receiver<ReloadStatus> {
+        self.shared.status.subscribe()
+    }
+
+    /// The reload counters so far.
+    pub fn status(&self) -> ReloadStatus {
+        *self.shared.status.borrow()
+    }
+
+    /// The certificate chain in use, leaf first.
+    pub fn certificate_chain(&self) -> Vec<CertificateDer<'static>> {
+        self.shared.current.load().key.cert.clone()
+    }
+
+    /// The server configuration for the next handshake: this certificate,
+    /// no client certificate asked for, ALPN `h2` and `http/1.1`.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.shared.current.load().server.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingServerCertificate {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.shared.current.load().key.clone())
+    }
+}
+
 fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-impl Shared {
-    fn install(&self, material: Material) {
+/// The state behind a reloading source: the material in use, the files it
+/// came from, the counters.
+struct Shared<M> {
+    current: ArcSwap<M>,
+    provider: Arc<CryptoProvider>,
+    files: Option<Watched>,
+    status: watch::Sender<ReloadStatus>,
+}
+
+struct Watched {
+    files: Paths,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    /// The contents of the material in use.
+    loaded: Contents,
+    /// What the last poll saw (contents, or the read error's text), so a
+    /// bad file is reported once, not at every poll.
+    seen: Result<Contents, String>,
+}
+
+impl<M: Load> Shared<M> {
+    fn from_files(files: Paths) -> Result<Arc<Self>, TlsError> {
+        let provider = ring_provider();
+        let contents = files.read()?;
+        let material = M::load(&contents, &provider)?;
+        let watched = Watched {
+            files,
+            state: Mutex::new(WatchState {
+                seen: Ok(contents.clone()),
+                loaded: contents,
+            }),
+        };
+        Ok(Self::with(material, provider, Some(watched)))
+    }
+
+    fn from_pem(chain: &[u8], key: &[u8], ca: Option<&[u8]>) -> Result<Arc<Self>, TlsError> {
+        let provider = ring_provider();
+        let material = M::load(&Contents::new(chain, key, ca), &provider)?;
+        Ok(Self::with(material, provider, None))
+    }
+
+    fn with(material: M, provider: Arc<CryptoProvider>, files: Option<Watched>) -> Arc<Self> {
+        Arc::new(Shared {
+            current: ArcSwap::from_pointee(material),
+            provider,
+            files,
+            status: watch::Sender::new(ReloadStatus::default()),
+        })
+    }
+
+    fn debug(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(name)
+            .field("files", &self.files.as_ref().map(|w| &w.files))
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
+
+    fn replace(&self, chain: &[u8], key: &[u8], ca: Option<&[u8]>) -> Result<(), TlsError> {
+        match M::load(&Contents::new(chain, key, ca), &self.provider) {
+            Ok(material) => {
+                self.install(material);
+                Ok(())
+            }
+            Err(error) => {
+                self.failed();
+                Err(error)
+            }
+        }
+    }
+
+    fn install(&self, material: M) {
         self.current.store(Arc::new(material));
         self.status.send_modify(|s| s.reloads += 1);
     }
@@ -368,7 +549,7 @@ impl Shared {
         if contents == state.loaded {
             return Ok(false);
         }
-        match Material::from_pem(&contents.chain, &contents.key, &contents.ca, &self.provider) {
+        match M::load(&contents, &self.provider) {
             Ok(material) => {
                 self.install(material);
                 state.loaded = contents;
@@ -382,9 +563,27 @@ impl Shared {
     }
 }
 
-/// The poller of [`ReloadingCertificates::watch`]: holds only a weak
-/// reference between polls, so it ends with the last handle.
-async fn poll_files(shared: Weak<Shared>, every: Duration) {
+impl Contents {
+    fn new(chain: &[u8], key: &[u8], ca: Option<&[u8]>) -> Self {
+        Self {
+            chain: chain.to_vec(),
+            key: key.to_vec(),
+            ca: ca.map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Starts the poller of a `watch` method.
+fn watch_files<M: Load>(shared: &Arc<Shared<M>>, every: Duration) -> JoinHandle<()> {
+    let shared = Arc::downgrade(shared);
+    let every = every.max(Duration::from_millis(1));
+    tokio::spawn(poll_files(shared, every))
+}
+
+/// The poller of [`ReloadingCertificates::watch`] and
+/// [`ReloadingServerCertificate::watch`]: holds only a weak reference
+/// between polls, so it ends with the last handle.
+async fn poll_files<M: Load>(shared: Weak<Shared<M>>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // The first tick is immediate; the material was just loaded.
@@ -476,5 +675,48 @@ mod tests {
 
         // PEM material has no files to reload.
         assert!(!certs.reload().unwrap());
+    }
+
+    #[test]
+    fn server_certificate_reloads_without_a_ca() {
+        let (_, [(chain1, key1), (chain2, key2)]) = pki();
+        let certificate =
+            ReloadingServerCertificate::from_pem(chain1.as_bytes(), key1.as_bytes()).unwrap();
+        let subject = |c: &ReloadingServerCertificate| {
+            super::super::parse_peer_certificate(&c.certificate_chain()[0])
+                .unwrap()
+                .subject
+        };
+        assert_eq!(subject(&certificate), "CN=one");
+        let before = certificate.server_config();
+        assert_eq!(
+            before.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+
+        // A mismatched key or garbage: refused, nothing changes.
+        assert!(matches!(
+            certificate.replace_pem(chain2.as_bytes(), key1.as_bytes()),
+            Err(TlsError::Config(_))
+        ));
+        assert!(
+            certificate
+                .replace_pem(b"garbage", key2.as_bytes())
+                .is_err()
+        );
+        assert!(Arc::ptr_eq(&before, &certificate.server_config()));
+
+        certificate
+            .replace_pem(chain2.as_bytes(), key2.as_bytes())
+            .unwrap();
+        assert_eq!(subject(&certificate), "CN=two");
+        assert_eq!(
+            certificate.status(),
+            ReloadStatus {
+                reloads: 1,
+                failures: 2
+            }
+        );
+        assert!(!certificate.reload().unwrap());
     }
 }

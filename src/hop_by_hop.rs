@@ -117,6 +117,7 @@ impl HeaderScan {
     }
 
     /// The section's size as HTTP/2 counts it.
+    #[cfg_attr(not(feature = "proxy"), allow(dead_code))]
     pub(crate) fn list_size(&self) -> usize {
         self.list_size
     }
@@ -124,6 +125,7 @@ impl HeaderScan {
 
 /// Removes every hop-by-hop header from a response the proxy returns (one
 /// pass over the names when there is none, as is usual).
+#[cfg_attr(not(feature = "proxy"), allow(dead_code))]
 pub(crate) fn strip_response(headers: &mut HeaderMap) {
     if HeaderScan::of(headers).has(known::HOP_BY_HOP) {
         remove_hop_by_hop(headers, false);

@@ -6,9 +6,12 @@
     feature = "proxy",
     feature = "tls"
 ))]
-//! The dev auth server's signing key rotates under load through the
-//! reference gateway (`cargo run --example gateway`, in process): no request
+//! The dev auth server inside the reference gateway (`cargo run --example
+//! gateway`, in process). Its signing key rotates under load: no request
 //! fails, tokens of the old key keep working, new tokens carry the new key.
+//! Its `[demo.auth_server]` settings for rotation and the encrypted state
+//! file are validated, and a state file it cannot open stops the start.
+//!
 //! The gateway and the services verify with the crate's default JWKS
 //! timing (a refresh every 5 minutes, an unknown-`kid` refetch at most
 //! every 10 s): the key that signs after a rotation was published one whole
@@ -38,7 +41,10 @@ async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> (StatusCode
         .expect("answered in time")
         .expect("answered");
     let status = response.status();
-    (status, response.into_body().collect().await.unwrap().to_bytes())
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
 }
 
 /// alice's access token, from the auth server's token endpoint.
@@ -161,7 +167,10 @@ async fn no_request_fails_across_a_signing_key_rotation() {
         })
         .unwrap();
 
-    for (who, task) in [("the old key's token", holder), ("the newest token", follower)] {
+    for (who, task) in [
+        ("the old key's token", holder),
+        ("the newest token", follower),
+    ] {
         let (made, refused) = task.await.unwrap();
         assert!(refused.is_empty(), "{who}: {refused:?}");
         assert!(made >= AFTER);
@@ -171,4 +180,139 @@ async fn no_request_fails_across_a_signing_key_rotation() {
     assert_eq!(inventory(&client, gateway, &old).await.0, 200);
     assert_eq!(inventory(&client, gateway, &new).await.0, 200);
     running.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// `[demo.auth_server]` in the config file.
+
+const ROUTE: &str = r#"
+[listeners]
+public = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[[upstreams]]
+name = "orders"
+instances = ["127.0.0.1:7001"]
+
+[[routes]]
+prefix = "/orders"
+upstream = "orders"
+auth = "none"
+"#;
+
+fn parse(
+    auth_server: &str,
+    env: &[(&str, &str)],
+) -> Result<app::config::GatewayConfig, app::config::ConfigErrors> {
+    let env: std::collections::BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let text = format!("{ROUTE}\n[demo.auth_server]\nlisten = \"127.0.0.1:0\"\n{auth_server}\n");
+    app::config::parse(&text, std::path::Path::new("/etc/gateway"), &env)
+}
+
+const HEX_KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+#[test]
+fn the_state_file_and_key_rotation_are_configured_in_demo_auth_server() {
+    let config = parse(
+        "state_file = \"auth-state\"\nstate_key = \"${AUTH_STATE_KEY}\"\nkey_rotation = \"6h\"",
+        &[("AUTH_STATE_KEY", HEX_KEY)],
+    )
+    .expect("valid");
+    let auth = config.demo.unwrap().auth_server.unwrap();
+    assert_eq!(
+        auth.state_file.as_deref(),
+        Some(std::path::Path::new("/etc/gateway/auth-state"))
+    );
+    assert_eq!(auth.state_key.unwrap().expose(), HEX_KEY);
+    assert_eq!(auth.key_rotation, Some(Duration::from_secs(6 * 3600)));
+
+    // Defaults: hourly rotation, no state file; "0s" never rotates.
+    let auth = parse("", &[]).unwrap().demo.unwrap().auth_server.unwrap();
+    assert_eq!(auth.key_rotation, Some(Duration::from_secs(3600)));
+    assert!(auth.state_file.is_none());
+    let auth = parse("key_rotation = \"0s\"", &[])
+        .unwrap()
+        .demo
+        .unwrap()
+        .auth_server
+        .unwrap();
+    assert_eq!(auth.key_rotation, None);
+}
+
+#[test]
+fn state_file_settings_are_checked_together() {
+    let errors = |text: &str| {
+        parse(text, &[])
+            .expect_err("invalid")
+            .0
+            .into_iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        errors("state_file = \"s\""),
+        ["demo.auth_server.state_key: required with `state_file`"]
+    );
+    assert_eq!(
+        errors(&format!("state_key = \"{HEX_KEY}\"")),
+        ["demo.auth_server.state_file: required with `state_key`"]
+    );
+    assert_eq!(
+        errors(&format!(
+            "key_file = \"k.pem\"\nstate_file = \"s\"\nstate_key = \"{HEX_KEY}\""
+        )),
+        [
+            "demo.auth_server.state_file: give `key_file` or `state_file`, not both: the state file holds the keys"
+        ]
+    );
+    assert_eq!(
+        errors("state_file = \"s\"\nstate_key = \"not-a-key\""),
+        [
+            "demo.auth_server.state_key: AUTH_STATE_KEY must be 32 bytes: 64 hex digits or 44 characters of base64"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_state_file_under_another_key_stops_the_gateway_from_starting() {
+    let dir = std::env::temp_dir().join(format!(
+        "tower-gateway-auth-gateway-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("auth-state");
+    let settings = |key: &str| {
+        format!(
+            "state_file = \"{}\"\nstate_key = \"{key}\"",
+            state.display()
+        )
+    };
+    let loaded = |key: &str| app::config::Loaded {
+        config: parse(&settings(key), &[]).expect("valid"),
+        version: "test".into(),
+    };
+
+    // The first start creates the file.
+    let running = app::start_from_config(loaded(HEX_KEY), None)
+        .await
+        .expect("starts");
+    assert!(running.auth_server.is_some());
+    running.shutdown().await.unwrap();
+    let written = std::fs::read(&state).unwrap();
+
+    let other = "ff".repeat(32);
+    let error = match app::start_from_config(loaded(&other), None).await {
+        Ok(_) => panic!("started under the wrong key"),
+        Err(error) => error.to_string(),
+    };
+    assert!(
+        error.contains("not written under this AUTH_STATE_KEY"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), written);
+    let _ = std::fs::remove_dir_all(&dir);
 }

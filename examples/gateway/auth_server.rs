@@ -461,7 +461,7 @@ impl Handle {
     /// Rotates the signing key now, as the interval does, and saves the
     /// state.
     pub async fn rotate_now(&self) -> Result<(), BoxError> {
-        if self.server.rotation.is_none() && matches!(self.server.config.key, KeySource::File(_)) {
+        if matches!(self.server.config.key, KeySource::File(_)) {
             return Err("a key file pins the signing key".into());
         }
         let now = self.server.now();
@@ -695,14 +695,15 @@ impl Server {
         let mut state = self.lock();
         let mut changed = false;
         let mut failed = false;
-        if let Some(interval) = self.rotation {
-            if state.keys.current.since.saturating_add(interval.as_secs()) <= now {
-                match state.keys.rotate(now, self.retire_until(now)) {
-                    Ok(()) => changed = true,
-                    Err(error) => {
-                        tracing::error!(%error, "signing key rotation failed");
-                        failed = true;
-                    }
+        let due = self
+            .rotation
+            .is_some_and(|i| state.keys.current.since.saturating_add(i.as_secs()) <= now);
+        if due {
+            match state.keys.rotate(now, self.retire_until(now)) {
+                Ok(()) => changed = true,
+                Err(error) => {
+                    tracing::error!(%error, "signing key rotation failed");
+                    failed = true;
                 }
             }
         }
@@ -1111,7 +1112,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

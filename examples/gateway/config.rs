@@ -2168,10 +2168,12 @@ impl Cx<'_> {
                     "demo.auth_server.state_file",
                     "give `key_file` or `state_file`, not both: the state file holds the keys",
                 ),
-                (_, Some(_), None) => {
-                    if !table.contains_key("state_key") && !table.contains_key("state_key_file") {
-                        self.error("demo.auth_server.state_key", "required with `state_file`");
-                    }
+                // A `state_key` given but unusable is reported on its own.
+                (_, Some(_), None)
+                    if !table.contains_key("state_key")
+                        && !table.contains_key("state_key_file") =>
+                {
+                    self.error("demo.auth_server.state_key", "required with `state_file`");
                 }
                 (_, None, Some(_)) => {
                     self.error("demo.auth_server.state_file", "required with `state_key`")

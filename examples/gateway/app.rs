@@ -251,8 +251,11 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     let auth_addr = auth_listener.local_addr()?;
     let issuer = format!("http://{auth_addr}");
     // Built here, not in the spawned task: a state file that cannot be
-    // read fails the start.
-    let auth_server = auth_server::AuthServer::new(auth_server::Config::from_env(issuer.clone())?)?;
+    // read fails the start. As a message: `main` shows what this returns
+    // with `Debug`.
+    let auth_server = auth_server::Config::from_env(issuer.clone())
+        .and_then(auth_server::AuthServer::new)
+        .map_err(|e| format!("the auth server: {e}"))?;
     tokio::spawn(axum::serve(auth_listener, auth_server.router()).into_future());
 
     let metrics = GatewayMetrics::default();

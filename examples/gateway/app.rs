@@ -111,6 +111,10 @@ pub struct Running {
     /// The applied configuration and its reloads (gateways started from a
     /// config file).
     pub live: Option<Arc<Live>>,
+    /// The development auth server, when this gateway started one (for
+    /// tests).
+    #[allow(dead_code)]
+    pub auth_server: Option<auth_server::Handle>,
 }
 
 impl Running {
@@ -246,7 +250,13 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
     let auth_listener = TcpListener::bind(config.auth).await?;
     let auth_addr = auth_listener.local_addr()?;
     let issuer = format!("http://{auth_addr}");
-    tokio::spawn(auth_server::serve(auth_listener, issuer.clone()));
+    // Built here, not in the spawned task: a state file that cannot be
+    // read fails the start. As a message: `main` shows what this returns
+    // with `Debug`.
+    let auth_server = auth_server::Config::from_env(issuer.clone())
+        .and_then(auth_server::AuthServer::new)
+        .map_err(|e| format!("the auth server: {e}"))?;
+    tokio::spawn(axum::serve(auth_listener, auth_server.router()).into_future());
 
     let metrics = GatewayMetrics::default();
     let upstream_metrics = UpstreamMetrics::new(&metrics);
@@ -467,6 +477,7 @@ pub async fn start(config: Config) -> Result<Running, BoxError> {
         stop,
         server,
         live: None,
+        auth_server: Some(auth_server.handle()),
     })
 }
 
@@ -1399,6 +1410,7 @@ pub async fn start_from_config(
     let mut services = Vec::new();
     let mut auth_addr = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut demo_tls = None;
+    let mut auth_handle = None;
     if let Some(demo) = &config.demo {
         let pki = pki::DevPki::generate()?;
         let mut issuer = String::new();
@@ -1410,6 +1422,13 @@ pub async fn start_from_config(
             if let Some(key) = &settings.key_file {
                 server.key = auth_server::KeySource::File(key.clone());
             }
+            if let (Some(path), Some(key)) = (&settings.state_file, &settings.state_key) {
+                server.key = auth_server::KeySource::Encrypted {
+                    path: path.clone(),
+                    key: auth_server::StateKey::parse(key.expose())?,
+                };
+            }
+            server.key_rotation = settings.key_rotation;
             server.access_ttl = settings.access_ttl.as_secs();
             server.refresh_ttl = settings.refresh_ttl.as_secs();
             // The auth server lives as long as the process, and reloads
@@ -1441,7 +1460,9 @@ pub async fn start_from_config(
                         .into_boxed_slice(),
                 );
             }
-            tokio::spawn(auth_server::serve_with(listener, server));
+            let server = auth_server::AuthServer::new(server)?;
+            auth_handle = Some(server.handle());
+            tokio::spawn(axum::serve(listener, server.router()).into_future());
         }
         for (offset, (name, listen)) in demo.services.iter().enumerate() {
             let kind = match name.as_str() {
@@ -1610,6 +1631,7 @@ pub async fn start_from_config(
         stop,
         server,
         live: Some(live),
+        auth_server: auth_handle,
     })
 }
 

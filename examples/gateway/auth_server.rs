@@ -12,16 +12,49 @@
 //!
 //! `scope` is the space-separated roles wanted: it may narrow the user's or
 //! client's roles, never widen them. Access tokens are short-lived ES256
-//! JWTs whose `kid` is the key's RFC 7638 thumbprint; the key lives in
-//! memory, or in a PEM file (`AUTH_KEY_FILE`) that survives restarts.
-//! Errors follow §5.2. Never expose it beyond loopback.
+//! JWTs whose `kid` is the key's RFC 7638 thumbprint. Errors follow §5.2.
+//! Never expose it beyond loopback.
+//!
+//! # Signing keys
+//!
+//! The signing key rotates on an interval (1 hour by default). The key that
+//! signs next is published in the JWKS one whole interval before it signs,
+//! so a verifier that refreshes its JWKS more often than that (the
+//! gateway's default is every 5 minutes) knows it before the first token
+//! it signs arrives; one that does not finds it through its unknown-`kid`
+//! refetch. A retired key stays published until the last token it signed
+//! has expired: the access-token lifetime after its retirement, plus
+//! [`Config::retire_skew`] for verifiers' leeway and clock skew.
+//!
+//! # Where the state lives ([`KeySource`])
+//!
+//! - In memory (the default): keys and refresh tokens last as long as the
+//!   process.
+//! - `AUTH_KEY_FILE`: one signing key in a PEM file, so access tokens
+//!   survive restarts. That file pins the key: it does not rotate, and
+//!   refresh tokens are not persisted.
+//! - `AUTH_STATE_FILE` with `AUTH_STATE_KEY`: the keys (the signing key,
+//!   the next one, the retired ones still published) and the refresh-token
+//!   state (families, used tokens, revocations) in one file encrypted with
+//!   AES-256-GCM; a restart keeps every access and refresh token valid.
+//!   `AUTH_STATE_KEY` is 32 bytes, as 64 hex digits or 44 characters of
+//!   standard base64 (`openssl rand -base64 32`). A wrong key or a modified
+//!   file stops the start with an error; nothing is reset. The format is
+//!   described at [`seal`].
+//!
+//! `AUTH_KEY_ROTATION_SECS` sets the rotation interval (`0`: never).
 
 use std::{
     collections::{BTreeSet, HashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, Weak},
+    time::Duration,
 };
 
+use aes_gcm::{
+    Aes256Gcm, KeyInit, Nonce,
+    aead::{Aead, Payload},
+};
 use axum::{
     Json, Router,
     extract::{Form, State, rejection::FormRejection},
@@ -34,8 +67,9 @@ use jsonwebtoken::{
     Algorithm, EncodingKey, Header,
     jwk::{Jwk, ThumbprintHash},
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -107,14 +141,123 @@ pub const CLIENTS: &[Client] = &[
     },
 ];
 
-/// Where the signing key lives.
+/// Where the signing keys and the refresh-token state live.
 #[derive(Clone, Debug)]
 pub enum KeySource {
-    /// A fresh key for this process only (tests).
+    /// Fresh keys for this process only.
     Memory,
-    /// A PKCS#8 PEM file: loaded if present, else generated and written
-    /// with mode 0600.
+    /// One PKCS#8 PEM key: loaded if present, else generated and written
+    /// with mode 0600. It never rotates; refresh tokens stay in memory.
     File(PathBuf),
+    /// Keys and refresh-token state in a file encrypted under `key`:
+    /// loaded if present, else created; rewritten (atomically, mode 0600)
+    /// on every change.
+    Encrypted { path: PathBuf, key: StateKey },
+}
+
+/// The AES-256-GCM key of an encrypted state file. Its `Debug` shows no
+/// key material.
+#[derive(Clone)]
+pub struct StateKey([u8; 32]);
+
+impl StateKey {
+    /// 64 hex digits, or standard base64 with its padding (44 characters).
+    /// Surrounding whitespace is ignored.
+    pub fn parse(text: &str) -> Result<Self, StateError> {
+        let text = text.trim();
+        let bytes = if text.len() == 64 {
+            hex_decode(text)
+        } else {
+            STANDARD.decode(text).ok()
+        };
+        bytes
+            .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+            .map(Self)
+            .ok_or(StateError::BadKey)
+    }
+
+    #[allow(dead_code)]
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Identifies the key in the file's header, so that a wrong key is told
+    /// apart from a modified file. A hash under a label of its own: it
+    /// reveals nothing about the key.
+    fn check(&self) -> [u8; 8] {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"tower-gateway auth state key check\0")
+            .chain_update(self.0)
+            .finalize();
+        let mut check = [0; 8];
+        check.copy_from_slice(&digest[..8]);
+        check
+    }
+}
+
+impl std::fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateKey(..)")
+    }
+}
+
+/// Why the encrypted state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("AUTH_STATE_KEY must be 32 bytes: 64 hex digits or 44 characters of base64")]
+    BadKey,
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not an auth server state file", path.display())]
+    NotAStateFile { path: PathBuf },
+    #[error("{}: state file version {version} is not supported (this build reads version {VERSION})", path.display())]
+    Version { path: PathBuf, version: u8 },
+    #[error("{} was not written under this AUTH_STATE_KEY (a wrong key, or a modified header)", path.display())]
+    WrongKey { path: PathBuf },
+    #[error("{} fails authentication: the file was modified or damaged", path.display())]
+    Tampered { path: PathBuf },
+    #[error("{}: {reason}", path.display())]
+    Invalid { path: PathBuf, reason: String },
+    #[error("writing {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("encrypting the state failed")]
+    Seal,
+}
+
+/// Where "now" comes from, in Unix seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Clock {
+    /// The system clock.
+    #[default]
+    System,
+    /// Tokio's clock, counted from the system time when made: paused and
+    /// advanced with it in tests.
+    #[allow(dead_code)]
+    Tokio { unix: u64, at: tokio::time::Instant },
+}
+
+impl Clock {
+    #[allow(dead_code)]
+    pub fn tokio() -> Self {
+        Self::Tokio {
+            unix: jsonwebtoken::get_current_timestamp(),
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        match self {
+            Self::System => jsonwebtoken::get_current_timestamp(),
+            Self::Tokio { unix, at } => unix + at.elapsed().as_secs(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -126,78 +269,253 @@ pub struct Config {
     /// Refresh-token lifetime, in seconds (the family's, not renewed by
     /// rotation).
     pub refresh_ttl: u64,
+    /// How often the signing key rotates; `None`: never. A
+    /// [`KeySource::File`] key never rotates.
+    pub key_rotation: Option<Duration>,
+    /// Seconds a retired key stays published after the last token it signed
+    /// has expired: verifiers' leeway (the gateway's default is 30 s) and
+    /// clock skew.
+    pub retire_skew: u64,
     /// The users of the `password` grant (default [`USERS`]).
     pub users: &'static [User],
     /// The registered clients (default [`CLIENTS`]).
     pub clients: &'static [Client],
+    pub clock: Clock,
 }
 
 impl Config {
-    /// An in-memory key, 5-minute access tokens, 8-hour refresh families.
+    /// In-memory keys rotating every hour, 5-minute access tokens, 8-hour
+    /// refresh families.
     pub fn new(issuer: String) -> Self {
         Self {
             issuer,
             key: KeySource::Memory,
             access_ttl: 300,
             refresh_ttl: 8 * 3600,
+            key_rotation: Some(Duration::from_secs(3600)),
+            retire_skew: 60,
             users: USERS,
             clients: CLIENTS,
+            clock: Clock::System,
         }
     }
-}
 
-/// Serves with [`Config::new`], the key in `AUTH_KEY_FILE` if that is set.
-pub async fn serve(listener: TcpListener, issuer: String) -> Result<(), BoxError> {
-    let mut config = Config::new(issuer);
-    if let Some(path) = std::env::var_os("AUTH_KEY_FILE") {
-        config.key = KeySource::File(path.into());
+    /// [`Config::new`], then the environment: `AUTH_KEY_ROTATION_SECS`,
+    /// `AUTH_KEY_FILE`, or `AUTH_STATE_FILE` with `AUTH_STATE_KEY`.
+    pub fn from_env(issuer: String) -> Result<Self, BoxError> {
+        let mut config = Self::new(issuer);
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(secs) = var("AUTH_KEY_ROTATION_SECS") {
+            let secs: u64 = secs
+                .to_str()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or("AUTH_KEY_ROTATION_SECS: expected a whole number of seconds (0: never)")?;
+            config.key_rotation = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        let state_key = var("AUTH_STATE_KEY")
+            .map(|key| {
+                key.to_str()
+                    .ok_or(StateError::BadKey)
+                    .and_then(StateKey::parse)
+            })
+            .transpose()?;
+        config.key = match (var("AUTH_KEY_FILE"), var("AUTH_STATE_FILE"), state_key) {
+            (Some(_), Some(_), _) => {
+                return Err("AUTH_KEY_FILE and AUTH_STATE_FILE exclude each other: the state file holds the keys".into());
+            }
+            (None, Some(path), Some(key)) => KeySource::Encrypted {
+                path: path.into(),
+                key,
+            },
+            (_, Some(_), None) => return Err("AUTH_STATE_FILE needs AUTH_STATE_KEY".into()),
+            (_, None, Some(_)) => return Err("AUTH_STATE_KEY needs AUTH_STATE_FILE".into()),
+            (Some(path), None, None) => KeySource::File(path.into()),
+            (None, None, None) => KeySource::Memory,
+        };
+        Ok(config)
     }
-    serve_with(listener, config).await
 }
 
-pub async fn serve_with(listener: TcpListener, config: Config) -> Result<(), BoxError> {
-    axum::serve(listener, router(config)?).await?;
-    Ok(())
-}
-
-/// The server's routes: discovery, JWKS and `POST /token`.
+/// The server's routes: discovery, JWKS and `POST /token` (for tests).
+#[allow(dead_code)]
 pub fn router(config: Config) -> Result<Router, BoxError> {
-    tower_gateway::auth::install_crypto_backend();
-    let pem = match &config.key {
-        KeySource::Memory => generate_pem()?,
-        KeySource::File(path) => load_or_create_key(path)?,
-    };
-    let key = EncodingKey::from_ec_pem(pem.as_bytes())?;
-    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)?;
-    let kid = jwk.thumbprint(ThumbprintHash::SHA256)?;
-    jwk.common.key_id = Some(kid.clone());
-    let issuer = config.issuer.clone();
-    let jwks = json!({ "keys": [jwk] });
-    let discovery = json!({
-        "issuer": issuer,
-        "jwks_uri": format!("{issuer}/jwks"),
-        "token_endpoint": format!("{issuer}/token"),
-        "grant_types_supported": ["password", "client_credentials", "refresh_token"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-        "id_token_signing_alg_values_supported": ["ES256"],
-    });
-    let state = Arc::new(Server {
-        config,
-        key,
-        kid,
-        refresh: Mutex::default(),
-    });
-    let doc = |value: Value| {
-        move || {
-            let value = value.clone();
-            async move { Json(value) }
+    Ok(AuthServer::new(config)?.router())
+}
+
+/// An auth server: its state loaded, its key rotation running.
+pub struct AuthServer {
+    server: Arc<Server>,
+    wake: Arc<Notify>,
+}
+
+/// Control of a running auth server (for tests: the interval rotates keys
+/// otherwise).
+#[derive(Clone)]
+#[allow(dead_code)]
+pub struct Handle {
+    server: Arc<Server>,
+    wake: Arc<Notify>,
+}
+
+impl AuthServer {
+    /// Loads or creates the keys and state, and starts the task that
+    /// rotates and retires keys (so it needs a Tokio runtime). A state file
+    /// that cannot be read, decrypted or understood is an error.
+    pub fn new(config: Config) -> Result<Self, BoxError> {
+        tower_gateway::auth::install_crypto_backend();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the auth server needs a Tokio runtime")?;
+        let rotation = match config.key {
+            KeySource::File(_) => {
+                if config.key_rotation.is_some() {
+                    tracing::info!(
+                        "the auth server's key file pins its signing key: no rotation, and refresh tokens are not persisted (AUTH_STATE_FILE and AUTH_STATE_KEY persist both)"
+                    );
+                }
+                None
+            }
+            KeySource::Memory => {
+                tracing::info!(
+                    "the auth server's state is not persisted: its keys and refresh tokens last as long as the process (AUTH_STATE_FILE and AUTH_STATE_KEY persist them)"
+                );
+                config.key_rotation
+            }
+            KeySource::Encrypted { .. } => config.key_rotation,
+        };
+        let now = config.clock.now();
+        let (state, store) = match &config.key {
+            KeySource::Memory => (ServerState::fresh(now, rotation.is_some())?, None),
+            KeySource::File(path) => {
+                let key = SigningKey::from_pem(load_or_create_key(path)?, now)?;
+                (ServerState::with_keys(Keyring::new(key, None)), None)
+            }
+            KeySource::Encrypted { path, key } => {
+                let store = Arc::new(Store {
+                    path: path.clone(),
+                    key: key.clone(),
+                    written: Mutex::new(0),
+                });
+                let state = match store.load()? {
+                    Some(saved) => ServerState::restore(saved, &config, rotation.is_some(), now)
+                        .map_err(|reason| StateError::Invalid {
+                            path: path.clone(),
+                            reason,
+                        })?,
+                    None => {
+                        let mut state = ServerState::fresh(now, rotation.is_some())?;
+                        state.generation = 1;
+                        // Written before the first token: a store that
+                        // cannot be written fails the start, not a grant.
+                        store.save(1, &state.encode()?)?;
+                        tracing::info!(path = %path.display(), "auth server state file created");
+                        state
+                    }
+                };
+                (state, Some(store))
+            }
+        };
+        let server = Arc::new(Server {
+            config,
+            rotation,
+            state: Mutex::new(state),
+            store,
+        });
+        let wake = Arc::new(Notify::new());
+        runtime.spawn(maintain(Arc::downgrade(&server), wake.clone()));
+        Ok(Self { server, wake })
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            server: self.server.clone(),
+            wake: self.wake.clone(),
         }
-    };
-    Ok(Router::new()
-        .route("/.well-known/openid-configuration", get(doc(discovery)))
-        .route("/jwks", get(doc(jwks)))
-        .route("/token", post(token))
-        .with_state(state))
+    }
+
+    pub fn router(&self) -> Router {
+        let issuer = &self.server.config.issuer;
+        let discovery = json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/jwks"),
+            "token_endpoint": format!("{issuer}/token"),
+            "grant_types_supported": ["password", "client_credentials", "refresh_token"],
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "id_token_signing_alg_values_supported": ["ES256"],
+        });
+        Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move || {
+                    let discovery = discovery.clone();
+                    async move { Json(discovery) }
+                }),
+            )
+            .route("/jwks", get(jwks))
+            .route("/token", post(token))
+            .with_state(self.server.clone())
+    }
+}
+
+#[allow(dead_code)]
+impl Handle {
+    /// Rotates the signing key now, as the interval does, and saves the
+    /// state.
+    pub async fn rotate_now(&self) -> Result<(), BoxError> {
+        if matches!(self.server.config.key, KeySource::File(_)) {
+            return Err("a key file pins the signing key".into());
+        }
+        let now = self.server.now();
+        {
+            let mut state = self.server.lock();
+            let until = self.server.retire_until(now);
+            state.keys.rotate(now, until)?;
+            state.generation += 1;
+        }
+        self.wake.notify_one();
+        self.server.persist().await?;
+        Ok(())
+    }
+
+    /// The `kid` of the key that signs now.
+    pub fn signing_kid(&self) -> String {
+        self.server.lock().keys.current.kid.clone()
+    }
+
+    /// The `kid` of the key that signs after the next rotation.
+    pub fn next_kid(&self) -> Option<String> {
+        self.server.lock().keys.next.as_ref().map(|k| k.kid.clone())
+    }
+}
+
+/// Rotates the signing key when due, forgets retired keys whose tokens have
+/// expired, and saves what changed. Ends when the server is dropped.
+async fn maintain(server: Weak<Server>, wake: Arc<Notify>) {
+    loop {
+        let delay = {
+            let Some(server) = server.upgrade() else {
+                return;
+            };
+            let delay = server.tick();
+            if let Err(error) = server.persist().await {
+                tracing::error!(%error, "auth server state not saved");
+            }
+            delay
+        };
+        match delay {
+            Some(delay) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = wake.notified() => {}
+                }
+            }
+            None => wake.notified().await,
+        }
+    }
+}
+
+async fn jwks(State(server): State<Arc<Server>>) -> Json<Value> {
+    let now = server.now();
+    Json(server.lock().keys.jwks(now))
 }
 
 fn generate_pem() -> Result<String, BoxError> {
@@ -232,15 +550,111 @@ fn load_or_create_key(path: &Path) -> Result<String, BoxError> {
     }
 }
 
+/// A key that signs, or will.
+struct SigningKey {
+    pem: String,
+    key: EncodingKey,
+    jwk: Jwk,
+    kid: String,
+    /// When it started signing (or, for the next key, was published).
+    since: u64,
+}
+
+impl SigningKey {
+    fn from_pem(pem: String, since: u64) -> Result<Self, BoxError> {
+        let key = EncodingKey::from_ec_pem(pem.as_bytes())?;
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)?;
+        let kid = jwk.thumbprint(ThumbprintHash::SHA256)?;
+        jwk.common.key_id = Some(kid.clone());
+        Ok(Self {
+            pem,
+            key,
+            jwk,
+            kid,
+            since,
+        })
+    }
+
+    fn generate(since: u64) -> Result<Self, BoxError> {
+        Self::from_pem(generate_pem()?, since)
+    }
+}
+
+/// A key that signs no more, published until `until`.
+struct Retired {
+    jwk: Jwk,
+    until: u64,
+}
+
+/// The signing key, the one that signs after the next rotation (published
+/// ahead of use), and the retired keys still published.
+struct Keyring {
+    current: SigningKey,
+    next: Option<SigningKey>,
+    retired: Vec<Retired>,
+}
+
+impl Keyring {
+    fn new(current: SigningKey, next: Option<SigningKey>) -> Self {
+        Self {
+            current,
+            next,
+            retired: Vec::new(),
+        }
+    }
+
+    fn jwks(&self, now: u64) -> Value {
+        let keys: Vec<&Jwk> = std::iter::once(&self.current.jwk)
+            .chain(self.next.as_ref().map(|k| &k.jwk))
+            .chain(
+                self.retired
+                    .iter()
+                    .filter(|r| r.until > now)
+                    .map(|r| &r.jwk),
+            )
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// The next key signs from now on; a new one is published in its
+    /// place; the old one stays published until `until`.
+    fn rotate(&mut self, now: u64, until: u64) -> Result<(), BoxError> {
+        // Made before anything changes: a failure leaves the ring as it was.
+        let fresh = SigningKey::generate(now)?;
+        let mut promoted = match self.next.replace(fresh) {
+            Some(next) => next,
+            None => SigningKey::generate(now)?,
+        };
+        promoted.since = now;
+        let old = std::mem::replace(&mut self.current, promoted);
+        tracing::info!(old = %old.kid, new = %self.current.kid, until, "signing key rotated");
+        self.retired.push(Retired {
+            jwk: old.jwk,
+            until,
+        });
+        Ok(())
+    }
+}
+
 struct Server {
     config: Config,
-    key: EncodingKey,
-    kid: String,
-    refresh: Mutex<RefreshStore>,
+    /// The rotation interval in force (none for a key file).
+    rotation: Option<Duration>,
+    state: Mutex<ServerState>,
+    store: Option<Arc<Store>>,
+}
+
+/// Everything that changes: keys and refresh tokens. `generation` counts
+/// changes, so that a save knows whether a newer one is already on disk.
+struct ServerState {
+    keys: Keyring,
+    refresh: RefreshStore,
+    generation: u64,
 }
 
 /// Refresh tokens, by their SHA-256: a token is used at most once; each use
-/// issues its successor in the same family.
+/// issues its successor in the same family. A revoked family's tokens are
+/// deleted: presenting one is then as invalid as presenting a random string.
 #[derive(Default)]
 struct RefreshStore {
     tokens: HashMap<[u8; 32], Refresh>,
@@ -254,6 +668,457 @@ struct Refresh {
     roles: Vec<String>,
     expires_at: u64,
     used: bool,
+}
+
+impl Server {
+    fn now(&self) -> u64 {
+        self.config.clock.now()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ServerState> {
+        // The state stays consistent across a panic elsewhere: each change
+        // is made whole under the lock.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Until when a key retired now stays published: the last token it
+    /// signed expires at most one access-token lifetime from now.
+    fn retire_until(&self, now: u64) -> u64 {
+        now.saturating_add(self.config.access_ttl)
+            .saturating_add(self.config.retire_skew)
+    }
+
+    /// Rotates if due and drops expired retired keys; returns how long
+    /// until something is due again.
+    fn tick(&self) -> Option<Duration> {
+        let now = self.now();
+        let mut state = self.lock();
+        let mut changed = false;
+        let mut failed = false;
+        let due = self
+            .rotation
+            .is_some_and(|i| state.keys.current.since.saturating_add(i.as_secs()) <= now);
+        if due {
+            match state.keys.rotate(now, self.retire_until(now)) {
+                Ok(()) => changed = true,
+                Err(error) => {
+                    tracing::error!(%error, "signing key rotation failed");
+                    failed = true;
+                }
+            }
+        }
+        let before = state.keys.retired.len();
+        state.keys.retired.retain(|r| r.until > now);
+        if state.keys.retired.len() != before {
+            tracing::info!(
+                removed = before - state.keys.retired.len(),
+                "retired signing keys unpublished: their tokens have expired"
+            );
+            changed = true;
+        }
+        if changed {
+            state.generation += 1;
+        }
+        if failed {
+            return Some(Duration::from_secs(60));
+        }
+        let rotation = self
+            .rotation
+            .map(|i| state.keys.current.since.saturating_add(i.as_secs()));
+        let expiry = state.keys.retired.iter().map(|r| r.until).min();
+        let due = rotation.into_iter().chain(expiry).min()?;
+        Some(Duration::from_secs(due.saturating_sub(now).max(1)))
+    }
+
+    /// Saves the state if it changed since the last save, off the runtime's
+    /// threads.
+    async fn persist(&self) -> Result<(), StateError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let (generation, plaintext) = {
+            let state = self.lock();
+            if state.generation <= store.written() {
+                return Ok(());
+            }
+            (state.generation, state.encode()?)
+        };
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.save(generation, &plaintext))
+            .await
+            .map_err(|e| StateError::Write {
+                path: self
+                    .store
+                    .as_ref()
+                    .map(|s| s.path.clone())
+                    .unwrap_or_default(),
+                source: std::io::Error::other(e),
+            })?
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The state file.
+
+const MAGIC: &[u8; 8] = b"tgw-auth";
+const VERSION: u8 = 1;
+const CHECK_LEN: usize = 8;
+const NONCE_LEN: usize = 12;
+const HEADER_LEN: usize = MAGIC.len() + 1 + CHECK_LEN + NONCE_LEN;
+const TAG_LEN: usize = 16;
+
+/// Encrypts the state for the file, format version 1:
+///
+/// ```text
+/// "tgw-auth" | version (1 byte) | key check (8) | nonce (12) | AES-256-GCM ciphertext and tag
+/// ```
+///
+/// The header is the AEAD's associated data, so none of it can be changed
+/// unnoticed. The nonce is random (96 bits) for each write. The key check
+/// is the first 8 bytes of SHA-256 over a label and the key: it tells a
+/// wrong key from a modified file. The plaintext is the JSON of [`Saved`].
+fn seal(key: &StateKey, plaintext: &[u8]) -> Result<Vec<u8>, StateError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut nonce);
+    let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&key.check());
+    out.extend_from_slice(&nonce);
+    let cipher = Aes256Gcm::new_from_slice(&key.0).map_err(|_| StateError::Seal)?;
+    let sealed = cipher
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad: &out,
+            },
+        )
+        .map_err(|_| StateError::Seal)?;
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Checks and decrypts what [`seal`] wrote.
+fn unseal(path: &Path, key: &StateKey, bytes: &[u8]) -> Result<Vec<u8>, StateError> {
+    let path = || path.to_owned();
+    if bytes.len() < MAGIC.len() + 1 || !bytes.starts_with(MAGIC) {
+        return Err(StateError::NotAStateFile { path: path() });
+    }
+    let version = bytes[MAGIC.len()];
+    if version != VERSION {
+        return Err(StateError::Version {
+            path: path(),
+            version,
+        });
+    }
+    if bytes.len() < HEADER_LEN + TAG_LEN {
+        return Err(StateError::Tampered { path: path() });
+    }
+    let (header, sealed) = bytes.split_at(HEADER_LEN);
+    let check = &header[MAGIC.len() + 1..MAGIC.len() + 1 + CHECK_LEN];
+    if check != key.check() {
+        return Err(StateError::WrongKey { path: path() });
+    }
+    let nonce: [u8; NONCE_LEN] = header[HEADER_LEN - NONCE_LEN..]
+        .try_into()
+        .map_err(|_| StateError::Tampered { path: path() })?;
+    let cipher = Aes256Gcm::new_from_slice(&key.0).map_err(|_| StateError::Seal)?;
+    cipher
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: sealed,
+                aad: header,
+            },
+        )
+        .map_err(|_| StateError::Tampered { path: path() })
+}
+
+/// The encrypted state file.
+struct Store {
+    path: PathBuf,
+    key: StateKey,
+    /// The generation on disk.
+    written: Mutex<u64>,
+}
+
+impl Store {
+    fn written(&self) -> u64 {
+        *self.written.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The saved state; `None` if there is no file yet.
+    fn load(&self) -> Result<Option<Saved>, StateError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let plaintext = unseal(&self.path, &self.key, &bytes)?;
+        serde_json::from_slice(&plaintext)
+            .map(Some)
+            .map_err(|e| StateError::Invalid {
+                path: self.path.clone(),
+                reason: format!("unreadable state: {e}"),
+            })
+    }
+
+    /// Writes `plaintext` (the state at `generation`) unless a later
+    /// generation is already on disk. Saves are serialized.
+    fn save(&self, generation: u64, plaintext: &[u8]) -> Result<(), StateError> {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        if generation <= *written {
+            return Ok(());
+        }
+        let sealed = seal(&self.key, plaintext)?;
+        write_atomically(&self.path, &sealed).map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })?;
+        *written = generation;
+        Ok(())
+    }
+}
+
+/// Writes a temporary file (mode 0600) next to `path`, syncs it and renames
+/// it over `path`: a reader, or a crash, sees the old file or the new one,
+/// never a part.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the state file path names no file"))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temp_name = std::ffi::OsString::from(".");
+    temp_name.push(name);
+    temp_name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+    let temp = dir.join(temp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let result = options.open(&temp).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+        return result;
+    }
+    // The rename itself is durable once the directory is synced.
+    #[cfg(unix)]
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// The state file's plaintext.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    keys: SavedKeys,
+    refresh: SavedRefresh,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedKeys {
+    current: SavedKey,
+    next: Option<SavedKey>,
+    retired: Vec<SavedRetired>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedKey {
+    /// PKCS#8 PEM.
+    pem: String,
+    since: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedRetired {
+    /// The public key only: it signs no more.
+    jwk: Jwk,
+    until: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedRefresh {
+    next_family: u64,
+    tokens: Vec<SavedToken>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedToken {
+    /// SHA-256 of the token, hex: the token itself is never stored.
+    digest: String,
+    family: u64,
+    client: String,
+    subject: String,
+    roles: Vec<String>,
+    expires_at: u64,
+    used: bool,
+}
+
+impl ServerState {
+    fn with_keys(keys: Keyring) -> Self {
+        Self {
+            keys,
+            refresh: RefreshStore::default(),
+            generation: 0,
+        }
+    }
+
+    fn fresh(now: u64, rotates: bool) -> Result<Self, BoxError> {
+        let next = rotates.then(|| SigningKey::generate(now)).transpose()?;
+        Ok(Self::with_keys(Keyring::new(
+            SigningKey::generate(now)?,
+            next,
+        )))
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, StateError> {
+        let saved = Saved {
+            keys: SavedKeys {
+                current: SavedKey {
+                    pem: self.keys.current.pem.clone(),
+                    since: self.keys.current.since,
+                },
+                next: self.keys.next.as_ref().map(|k| SavedKey {
+                    pem: k.pem.clone(),
+                    since: k.since,
+                }),
+                retired: self
+                    .keys
+                    .retired
+                    .iter()
+                    .map(|r| SavedRetired {
+                        jwk: r.jwk.clone(),
+                        until: r.until,
+                    })
+                    .collect(),
+            },
+            refresh: SavedRefresh {
+                next_family: self.refresh.next_family,
+                tokens: self
+                    .refresh
+                    .tokens
+                    .iter()
+                    .map(|(digest, t)| SavedToken {
+                        digest: hex_encode(digest),
+                        family: t.family,
+                        client: t.client.to_owned(),
+                        subject: t.subject.clone(),
+                        roles: t.roles.clone(),
+                        expires_at: t.expires_at,
+                        used: t.used,
+                    })
+                    .collect(),
+            },
+        };
+        serde_json::to_vec(&saved).map_err(|e| StateError::Invalid {
+            path: PathBuf::new(),
+            reason: format!("encoding the state: {e}"),
+        })
+    }
+
+    /// The state of a file, less what has expired since it was written.
+    fn restore(saved: Saved, config: &Config, rotates: bool, now: u64) -> Result<Self, String> {
+        let key = |saved: SavedKey| {
+            SigningKey::from_pem(saved.pem, saved.since).map_err(|e| format!("a signing key: {e}"))
+        };
+        let current = key(saved.keys.current)?;
+        let mut next = saved.keys.next.map(key).transpose()?;
+        let mut changed = false;
+        if rotates && next.is_none() {
+            next = Some(SigningKey::generate(now).map_err(|e| e.to_string())?);
+            changed = true;
+        }
+        let mut keys = Keyring::new(current, next);
+        keys.retired = saved
+            .keys
+            .retired
+            .into_iter()
+            .filter(|r| r.until > now)
+            .map(|r| Retired {
+                jwk: r.jwk,
+                until: r.until,
+            })
+            .collect();
+        let mut refresh = RefreshStore {
+            tokens: HashMap::new(),
+            next_family: saved.refresh.next_family,
+        };
+        let mut dropped = 0usize;
+        for token in saved.refresh.tokens {
+            let digest = hex_decode(&token.digest)
+                .and_then(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+                .ok_or("a refresh token digest is not 64 hex digits")?;
+            // A client removed from the configuration takes its tokens
+            // with it.
+            let Some(client) = config.clients.iter().find(|c| c.id == token.client) else {
+                dropped += 1;
+                continue;
+            };
+            if token.expires_at <= now {
+                continue;
+            }
+            refresh.tokens.insert(
+                digest,
+                Refresh {
+                    family: token.family,
+                    client: client.id,
+                    subject: token.subject,
+                    roles: token.roles,
+                    expires_at: token.expires_at,
+                    used: token.used,
+                },
+            );
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "refresh tokens of clients no longer configured were dropped"
+            );
+        }
+        tracing::info!(
+            kid = %keys.current.kid,
+            retired = keys.retired.len(),
+            refresh_tokens = refresh.tokens.len(),
+            "auth server state restored"
+        );
+        Ok(Self {
+            keys,
+            refresh,
+            generation: u64::from(changed),
+        })
+    }
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// An RFC 6749 §5.2 error response.
@@ -309,7 +1174,19 @@ async fn token(
     headers: HeaderMap,
     form: Result<Form<Vec<(String, String)>>, FormRejection>,
 ) -> Response {
-    match server.grant(&headers, form) {
+    let result = server.grant(&headers, form);
+    // A grant that changed the refresh-token state (a new family, a
+    // rotation, a revocation) answers once that state is saved: a restart
+    // must forget neither a refresh token the client holds nor a
+    // revocation.
+    if let Err(error) = server.persist().await {
+        tracing::error!(%error, "auth server state not saved");
+        if result.is_ok() {
+            return TokenError::new("server_error", "the grant could not be recorded")
+                .into_response();
+        }
+    }
+    match result {
         Ok(body) => no_store(Json(body).into_response()),
         Err(e) => e.into_response(),
     }
@@ -408,7 +1285,7 @@ impl Server {
         roles: Vec<String>,
         refresh: Option<String>,
     ) -> Result<Value, TokenError> {
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.now();
         let ttl = self.config.access_ttl;
         let scope = roles.join(" ");
         let claims = json!({
@@ -416,9 +1293,14 @@ impl Server {
             "roles": roles, "scope": scope, "iat": now, "exp": now + ttl,
             "jti": random_token(),
         });
+        let (key, kid) = {
+            let state = self.lock();
+            let current = &state.keys.current;
+            (current.key.clone(), current.kid.clone())
+        };
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        let access = jsonwebtoken::encode(&header, &claims, &self.key)
+        header.kid = Some(kid);
+        let access = jsonwebtoken::encode(&header, &claims, &key)
             .map_err(|e| TokenError::new("server_error", format!("signing: {e}")))?;
         let mut body = json!({
             "access_token": access, "token_type": "Bearer", "expires_in": ttl, "scope": scope,
@@ -431,8 +1313,10 @@ impl Server {
     }
 
     fn new_family(&self, client: &'static Client, subject: &str, roles: &[String]) -> String {
-        let mut store = self.refresh.lock().unwrap();
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.now();
+        let mut state = self.lock();
+        state.generation += 1;
+        let store = &mut state.refresh;
         // Forget what can no longer be presented.
         store.tokens.retain(|_, t| t.expires_at > now);
         let family = store.next_family;
@@ -466,8 +1350,13 @@ impl Server {
                 "refresh token is invalid, expired or revoked",
             )
         };
-        let mut store = self.refresh.lock().unwrap();
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.now();
+        let mut state = self.lock();
+        let ServerState {
+            refresh: store,
+            generation,
+            ..
+        } = &mut *state;
         let old = store
             .tokens
             .get_mut(&digest(presented))
@@ -480,6 +1369,7 @@ impl Server {
             // token of the family, the successor both may hold included.
             let family = old.family;
             store.tokens.retain(|_, t| t.family != family);
+            *generation += 1;
             tracing::warn!(
                 client = client.id,
                 family,
@@ -490,6 +1380,7 @@ impl Server {
         // §6: the new scope may narrow, never widen, the original one.
         let roles = narrow(old.roles.iter().map(String::as_str), scope)?;
         old.used = true;
+        *generation += 1;
         let successor = Refresh {
             family: old.family,
             client: old.client,

@@ -422,6 +422,11 @@ pub struct DemoConfig {
 pub struct DemoAuthServer {
     pub listen: SocketAddr,
     pub key_file: Option<PathBuf>,
+    /// The encrypted state file (keys and refresh tokens), with its key.
+    pub state_file: Option<PathBuf>,
+    pub state_key: Option<Secret>,
+    /// `None`: the signing key never rotates.
+    pub key_rotation: Option<Duration>,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     /// `None`: the built-in demo users.
@@ -2091,6 +2096,10 @@ impl Cx<'_> {
                 &[
                     "listen",
                     "key_file",
+                    "state_file",
+                    "state_key",
+                    "state_key_file",
+                    "key_rotation",
                     "access_ttl",
                     "refresh_ttl",
                     "users",
@@ -2151,11 +2160,44 @@ impl Cx<'_> {
                 }
                 clients
             });
+            let key_file = self.path(auth, "key_file");
+            let state_file = self.path(auth, "state_file");
+            let state_key = self.secret(auth, "state_key");
+            match (&key_file, &state_file, &state_key) {
+                (Some(_), Some(_), _) => self.error(
+                    "demo.auth_server.state_file",
+                    "give `key_file` or `state_file`, not both: the state file holds the keys",
+                ),
+                // A `state_key` given but unusable is reported on its own.
+                (_, Some(_), None)
+                    if !table.contains_key("state_key")
+                        && !table.contains_key("state_key_file") =>
+                {
+                    self.error("demo.auth_server.state_key", "required with `state_file`");
+                }
+                (_, None, Some(_)) => {
+                    self.error("demo.auth_server.state_file", "required with `state_key`")
+                }
+                _ => {}
+            }
+            if let Some(Err(e)) = state_key
+                .as_ref()
+                .map(|key| super::auth_server::StateKey::parse(key.expose()))
+            {
+                self.error("demo.auth_server.state_key", e.to_string());
+            }
             DemoAuthServer {
                 listen: self
                     .addr(auth, "listen")
                     .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9000))),
-                key_file: self.path(auth, "key_file"),
+                key_file,
+                state_file,
+                state_key,
+                key_rotation: match self.duration(auth, "key_rotation") {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) => Some(d),
+                    None => Some(Duration::from_secs(3600)),
+                },
                 access_ttl: self
                     .positive_duration(auth, "access_ttl")
                     .unwrap_or(Duration::from_secs(300)),

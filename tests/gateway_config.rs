@@ -111,6 +111,38 @@ fn a_minimal_config_is_valid_and_defaults_apply() {
 }
 
 #[test]
+fn jwks_fetch_intervals_are_configurable() {
+    let text = format!(
+        "{}{MINIMAL}",
+        r#"
+[auth]
+jwks_refresh_interval = "1m"
+jwks_min_refetch_interval = "2s"
+[[auth.issuers]]
+issuer = "https://sso.example.com"
+oidc_discovery = true
+"#
+    );
+    let config = parse_with(&text, &[]).expect("valid");
+    let auth = config.auth.expect("an auth section");
+    assert_eq!(auth.jwks_refresh_interval, Duration::from_secs(60));
+    assert_eq!(auth.jwks_min_refetch_interval, Duration::from_secs(2));
+
+    let defaults = parse_with(
+        &format!("{BASE}[[routes]]\nprefix = \"/o\"\nupstream = \"orders\"\n"),
+        &[],
+    )
+    .expect("valid")
+    .auth
+    .expect("an auth section");
+    assert_eq!(defaults.jwks_refresh_interval, Duration::from_secs(300));
+    assert_eq!(defaults.jwks_min_refetch_interval, Duration::from_secs(10));
+
+    let zero = text.replace("\"1m\"", "\"0s\"");
+    assert_eq!(errors_of(&zero).paths(), ["auth.jwks_refresh_interval"]);
+}
+
+#[test]
 fn every_error_is_reported_at_once_with_its_path() {
     let text = format!(
         "{BASE}{}",

@@ -876,6 +876,11 @@ fn build_auth(
 ) -> Result<JwtAuthLayer, (String, String)> {
     let mut builder = JwtAuthLayer::builder()
         .leeway(section.leeway)
+        .jwks_options(
+            tower_gateway::auth::JwksOptions::default()
+                .refresh_interval(section.jwks_refresh_interval)
+                .min_refetch_interval(section.jwks_min_refetch_interval),
+        )
         .roles(RoleSource::new(
             section.role_claims.iter().map(|c| ClaimPath::dotted(c)),
         ))

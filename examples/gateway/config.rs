@@ -148,6 +148,11 @@ pub struct AuthConfig {
     pub forward_subject: Option<String>,
     pub forward_roles: Option<String>,
     pub failures_per_minute: u32,
+    /// How often key sets are fetched again (JWKS, OIDC discovery).
+    pub jwks_refresh_interval: Duration,
+    /// The least time between two fetches, however many tokens name an
+    /// unknown `kid`.
+    pub jwks_min_refetch_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1151,6 +1156,8 @@ impl Cx<'_> {
                 "forward_subject",
                 "forward_roles",
                 "failures_per_minute",
+                "jwks_refresh_interval",
+                "jwks_min_refetch_interval",
             ],
         );
         let mut issuers = Vec::new();
@@ -1207,6 +1214,12 @@ impl Cx<'_> {
             forward_subject,
             forward_roles,
             failures_per_minute: self.u32(node, "failures_per_minute", 0).unwrap_or(0),
+            jwks_refresh_interval: self
+                .positive_duration(node, "jwks_refresh_interval")
+                .unwrap_or(Duration::from_secs(300)),
+            jwks_min_refetch_interval: self
+                .duration(node, "jwks_min_refetch_interval")
+                .unwrap_or(Duration::from_secs(10)),
         })
     }
 

@@ -22,6 +22,13 @@
 //! curl -s http://127.0.0.1:9901/metrics                                    # Prometheus
 //! ```
 //!
+//! The dev auth server's keys rotate hourly (`AUTH_KEY_ROTATION_SECS`; 0:
+//! never), the next key published an interval before it signs and a
+//! retired one until its tokens expire. `AUTH_STATE_FILE` with
+//! `AUTH_STATE_KEY` (32 bytes as 64 hex digits or base64) keeps its keys
+//! and refresh tokens across restarts, encrypted with AES-256-GCM;
+//! `AUTH_KEY_FILE` instead pins one unrotated key in a plain PEM file.
+//!
 //! Environment: `GATEWAY_ADDR` (127.0.0.1:8080), `ADMIN_ADDR` (127.0.0.1:9901:
 //! `/metrics`, `/healthz`, `/readyz`), `AUTH_ADDR`
 //! (127.0.0.1:9000), `RATE_PER_SECOND` (5) and `RATE_PER_HOUR` (1000) per

@@ -223,7 +223,11 @@ fn check<B>(request: &Request<B>, scan: &HeaderScan) -> Result<(), Refusal> {
 /// Whether `host` is a `Host` value (RFC 9110 §7.2: `uri-host [ ":" port
 /// ]`) without user info: a bracketed IP literal or a name of the
 /// characters RFC 3986 allows, then an optional port of digits. Checked in
-/// place — parsing it as an `Authority` would copy it.
+/// place — parsing it as an `Authority` would copy it. As `Authority`
+/// does, a `%` is refused outside the brackets: no route or upstream
+/// expects a percent-encoded name (RFC 3986 §3.2.2 allows one), and what
+/// an upstream builds from a preserved `Host` or `X-Forwarded-Host`
+/// (links, redirects) may decode it into a `/` or a `@`.
 fn valid_host(host: &[u8]) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|&b| b == b']') else {
@@ -268,7 +272,6 @@ fn valid_host(host: &[u8]) -> bool {
                             | b','
                             | b';'
                             | b'='
-                            | b'%'
                     )
             });
     name_ok && port.is_none_or(|port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
@@ -313,7 +316,8 @@ mod tests {
             assert_eq!(status(&request(h11, "/", &[("host", ok)])), 200, "{ok}");
         }
         for bad in [
-            "a:b", "[::1", "[::1]x", "[]", "a:123456", "a/b", "a?b", "a:80:x", "[::1]@a",
+            "a:b", "[::1", "[::1]x", "[]", "a:123456", "a/b", "a?b", "a:80:x", "[::1]@a", "a%2Fb",
+            "%40a",
         ] {
             assert_eq!(status(&request(h11, "/", &[("host", bad)])), 400, "{bad}");
         }
@@ -338,5 +342,114 @@ mod tests {
             ],
         );
         assert_eq!(status(&two), 501);
+    }
+
+    /// What `valid_host` replaced: `Authority::try_from`, user info refused.
+    fn authority_host(host: &[u8]) -> bool {
+        http::uri::Authority::try_from(host).is_ok_and(|a| !a.as_str().contains('@'))
+    }
+
+    /// The refusals `valid_host` adds on purpose: a port that is not 1-5
+    /// digits, an empty name, brackets anywhere but around a leading IP
+    /// literal of hex digits, `:`, `.`, `%` and `v`.
+    fn refused_on_purpose(host: &[u8]) -> bool {
+        let port_bad = |port: &[u8]| port.len() > 5 || !port.iter().all(u8::is_ascii_digit);
+        if let Some(rest) = host.strip_prefix(b"[") {
+            let Some(end) = rest.iter().position(|&b| b == b']') else {
+                return true;
+            };
+            let literal = &rest[..end];
+            literal.is_empty()
+                || !literal
+                    .iter()
+                    .all(|&b| b.is_ascii_hexdigit() || b":.%vV".contains(&b))
+                || match &rest[end + 1..] {
+                    [] => false,
+                    [b':', port @ ..] => port_bad(port),
+                    _ => true,
+                }
+        } else if host.contains(&b'[') || host.contains(&b']') {
+            true
+        } else {
+            match host.iter().rposition(|&b| b == b':') {
+                Some(colon) => colon == 0 || port_bad(&host[colon + 1..]),
+                None => false,
+            }
+        }
+    }
+
+    #[test]
+    fn valid_host_accepts_nothing_authority_refused() {
+        // Every string of up to three bytes over the characters that
+        // matter to an authority (delimiters, brackets, user info,
+        // percent, controls, non-ASCII), then longer cases.
+        let alphabet: &[u8] = b"a1:[]@%.-_/?#v \"<>{}|\\^`!*,;=~\x00\x7f\x80\xff\t";
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for &a in alphabet {
+            inputs.push(vec![a]);
+            for &b in alphabet {
+                inputs.push(vec![a, b]);
+                for &c in alphabet {
+                    inputs.push(vec![a, b, c]);
+                }
+            }
+        }
+        let long = [
+            "a.example:8080",
+            "A.EXAMPLE.",
+            "a.example.:443",
+            "[::1]:80",
+            "[::1]:",
+            "[fe80::1%25eth0]:80",
+            "[::ffff:10.0.0.1]",
+            "[1:2:3:4:5:6:7:8]:80",
+            "[1:2:3:4:5:6:7:8:9]",
+            "a:65535",
+            "a:99999",
+            "a:00080",
+            "a:123456",
+            "a%2Fb",
+            "a%2e",
+            "xn--bcher-kva.example",
+            "u:p@a",
+            "a@b:80",
+            "[::1]@a",
+            "a:80:80",
+            "[::1]:80:80",
+            "[::1]]",
+        ];
+        inputs.extend(long.iter().map(|s| s.as_bytes().to_vec()));
+        for input in &inputs {
+            let (old, new) = (authority_host(input), valid_host(input));
+            let shown = String::from_utf8_lossy(input);
+            assert!(!new || old, "{shown:?}: accepted, Authority refused it");
+            assert!(
+                new || !old || refused_on_purpose(input),
+                "{shown:?}: refused, Authority accepted it"
+            );
+        }
+        // What the differences look like.
+        for (host, old, new) in [
+            ("a.example:8080", true, true),
+            ("[fe80::1%251]:80", true, true),
+            // A zone named, not numbered: refused with the other letters.
+            ("[fe80::1%25eth0]:80", true, false),
+            ("a:", true, true),
+            ("A.EXAMPLE.", true, true),
+            ("a%2Fb", false, false),
+            ("%", false, false),
+            (":80", true, false),
+            ("a:b", true, false),
+            ("a:123456", true, false),
+            ("[]", true, false),
+            ("a[]", true, false),
+            ("[v1.x]", true, false),
+        ] {
+            assert_eq!(
+                (authority_host(host.as_bytes()), valid_host(host.as_bytes())),
+                (old, new),
+                "{host}"
+            );
+        }
     }
 }

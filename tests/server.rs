@@ -747,6 +747,46 @@ async fn graceful_shutdown_finishes_in_flight_requests_and_cuts_late_ones() {
 }
 
 #[tokio::test]
+async fn dropping_the_server_loop_asks_connections_to_finish() {
+    // `Serve::with_graceful_shutdown`: dropping the running loop (aborting
+    // its task) asks connections to finish, with no deadline.
+    let serve = server::serve(bind().await, echo())
+        .header_read_timeout(Duration::from_secs(60))
+        .keep_alive_timeout(Duration::from_secs(60))
+        .http2_idle_timeout(Duration::from_secs(60));
+    let addr = serve.local_addr().unwrap();
+    let server = tokio::spawn(serve.into_future());
+    // Idle after a request, in the middle of one, and not started.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut idle).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let busy = tokio::spawn(raw(addr, b"GET /slow HTTP/1.1\r\nHost: gw\r\n\r\n", BOUND));
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    server.abort();
+    let _ = server.await;
+    assert!(
+        closes_within(&mut idle, Duration::from_secs(2)).await,
+        "an idle connection stayed open"
+    );
+    assert!(
+        closes_within(&mut silent, Duration::from_secs(2)).await,
+        "a connection waiting for its first request stayed open"
+    );
+    // The request in flight finishes, told that the connection closes.
+    let busy = within("busy request", busy).await.unwrap();
+    assert_eq!(status_of(&busy), 200, "{busy}");
+    assert!(
+        busy.to_ascii_lowercase().contains("connection: close"),
+        "{busy}"
+    );
+}
+
+#[tokio::test]
 async fn graceful_shutdown_lets_an_h2_stream_finish_after_goaway() {
     let service = tower::service_fn(|request: Request<server::Body>| async move {
         let wait: u64 = request.uri().path()[1..].parse().unwrap_or(0);

@@ -302,6 +302,9 @@ where
     let max_connections = limits.max_connections.max(1);
     let slots = Arc::new(Semaphore::new(max_connections));
     let registry = Arc::new(Registry::new(limits.max_connections_per_ip.max(1)));
+    // Connections are asked to finish when the loop ends, also when it is
+    // dropped (see `with_graceful_shutdown`).
+    let drain = DrainOnDrop(registry.clone());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -361,7 +364,7 @@ where
     drop(listener);
     drop(shared);
     let open = max_connections - slots.available_permits();
-    registry.raise_all(DRAIN);
+    drop(drain);
     shutdown
         .run(open, limits.shutdown_timeout, || registry.raise_all(CUT))
         .await
@@ -480,6 +483,16 @@ impl Registry {
             victim.evict();
         }
         victim.is_some()
+    }
+}
+
+/// Raises [`DRAIN`] on every open connection when dropped: when the accept
+/// loop ends, by the shutdown signal or because its future was dropped.
+struct DrainOnDrop(Arc<Registry>);
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        self.0.raise_all(DRAIN);
     }
 }
 

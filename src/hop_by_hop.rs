@@ -248,4 +248,72 @@ mod tests {
         let names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         assert_eq!(names, ["x-user-id"]);
     }
+
+    /// The edge and the proxy skip removal when the scan finds no
+    /// hop-by-hop name; that must leave exactly what removal would.
+    #[test]
+    fn removal_skipped_only_when_it_would_change_nothing() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[("host", "a"), ("accept", "*/*")],
+            &[("host", "a"), ("x-user-id", "alice")],
+            &[("te", "trailers")],
+            &[("te", "gzip")],
+            &[("keep-alive", "timeout=5")],
+            &[("proxy-connection", "keep-alive")],
+            &[("proxy-authorization", "Basic x")],
+            &[("proxy-authenticate", "Basic")],
+            &[("trailer", "x-checksum")],
+            &[("transfer-encoding", "chunked")],
+            &[("upgrade", "websocket")],
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            &[("connection", "x-user-id"), ("x-user-id", "alice")],
+            &[("connection", "close")],
+            // Look-alikes that are not hop-by-hop and must stay.
+            &[
+                ("x-connection", "close"),
+                ("connection_", "x"),
+                ("tes", "x"),
+            ],
+            &[
+                ("proxy_authorization", "Basic x"),
+                ("transfer_encoding", "x"),
+            ],
+        ];
+        for case in cases {
+            for keep_upgrade in [false, true] {
+                let mut always = map(case);
+                let upgrade = keep_upgrade && is_upgrade(&always);
+                remove_hop_by_hop(&mut always, upgrade);
+                let mut gated = map(case);
+                let scan = HeaderScan::of(&gated);
+                if scan.has(known::HOP_BY_HOP) {
+                    let upgrade = keep_upgrade && scan.has(known::UPGRADE) && is_upgrade(&gated);
+                    remove_hop_by_hop(&mut gated, upgrade);
+                }
+                assert_eq!(gated, always, "{case:?}");
+
+                let mut always = map(case);
+                remove_fixed(&mut always, upgrade);
+                let mut gated = map(case);
+                if HeaderScan::of(&gated).has(known::HOP_BY_HOP) {
+                    remove_fixed(&mut gated, upgrade);
+                }
+                assert_eq!(gated, always, "{case:?}");
+            }
+            let mut always = map(case);
+            remove_hop_by_hop(&mut always, false);
+            let mut gated = map(case);
+            strip_response(&mut gated);
+            assert_eq!(gated, always, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn scan_counts_every_host_line_and_sizes_like_http2() {
+        let h = map(&[("host", "a"), ("host", "b"), ("accept", "*/*")]);
+        let scan = HeaderScan::of(&h);
+        assert_eq!(scan.hosts(), 2);
+        assert!(scan.has(known::HOST) && !scan.has(known::HOP_BY_HOP));
+        assert_eq!(scan.list_size(), (4 + 1 + 32) * 2 + 6 + 3 + 32);
+    }
 }

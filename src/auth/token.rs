@@ -243,6 +243,43 @@ mod tests {
         }
     }
 
+    #[test]
+    fn bearer_token_reads_short_values_as_before() {
+        // Every value of up to three bytes after each prefix, over bytes
+        // that matter: separators, controls, DEL, non-ASCII.
+        let alphabet: &[u8] = b"aB= \t\x01\x7f\x80\xff,\"";
+        let mut tails: Vec<Vec<u8>> = vec![Vec::new()];
+        for &a in alphabet {
+            tails.push(vec![a]);
+            for &b in alphabet {
+                tails.push(vec![a, b]);
+                for &c in alphabet {
+                    tails.push(vec![a, b, c]);
+                }
+            }
+        }
+        for prefix in [
+            &b""[..],
+            b"Bearer ",
+            b"bearer",
+            b"Bearer  ",
+            b"Basic ",
+            b" Bearer\t",
+        ] {
+            for tail in &tails {
+                let case = [prefix, &tail[..]].concat();
+                let got = bearer_token(&case).map(|t| t.map(str::to_owned));
+                let want = bearer_token_reference(&case);
+                assert_eq!(
+                    format!("{got:?}"),
+                    format!("{want:?}"),
+                    "{:?}",
+                    String::from_utf8_lossy(&case)
+                );
+            }
+        }
+    }
+
     fn sources() -> TokenSources {
         TokenSources {
             cookie: Some("access_token".into()),

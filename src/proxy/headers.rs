@@ -269,6 +269,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn ip_text_matches_display_for_every_octet() {
+        for octet in 0..=255u8 {
+            for ip in [
+                std::net::Ipv4Addr::new(octet, 0, 9, octet),
+                std::net::Ipv4Addr::new(1, octet, octet, 10),
+            ] {
+                let ip = IpAddr::V4(ip);
+                assert_eq!(IpText::of(ip).as_bytes(), ip.to_string().as_bytes());
+            }
+        }
+    }
+
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {

@@ -564,3 +564,44 @@ where
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signal raised before the connection task first waits (a drain
+    /// while the TLS handshake runs, an eviction before the first byte) is
+    /// seen on its first poll: the word is sticky, unlike a `Notify`
+    /// without a waiter.
+    #[tokio::test]
+    async fn a_signal_raised_before_the_wait_is_seen() {
+        for signal in [EVICT, DRAIN, CUT] {
+            let state = ConnState::new(Renderer::default());
+            state.raise(signal);
+            let waited = tokio::time::timeout(Duration::from_secs(1), state.signalled()).await;
+            assert!(waited.is_ok(), "signal {signal} was lost");
+            // Still set for the connection loop that follows.
+            let seen = std::future::poll_fn(|cx| Poll::Ready(state.poll_signals(cx))).await;
+            assert_eq!(seen, signal);
+        }
+    }
+
+    /// A signal raised while the task waits wakes it.
+    #[tokio::test]
+    async fn a_signal_raised_during_the_wait_wakes_the_task() {
+        let state = Arc::new(ConnState::new(Renderer::default()));
+        let waiting = tokio::spawn({
+            let state = state.clone();
+            async move { state.signalled().await }
+        });
+        tokio::task::yield_now().await;
+        state.raise(DRAIN);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("the drain did not wake the task")
+            .unwrap();
+        // Eviction marks the connection as no victim any more.
+        state.evict();
+        assert!(state.evictable().is_none());
+    }
+}

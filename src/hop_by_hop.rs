@@ -41,6 +41,28 @@ pub(crate) mod known {
     pub(crate) const X_FORWARDED_HOST: u32 = 1 << 13;
     pub(crate) const X_REAL_IP: u32 = 1 << 14;
     pub(crate) const VIA: u32 = 1 << 15;
+    /// A forwarding header spelled with `_` for `-` (`x_forwarded_for`):
+    /// CGI, WSGI, Rack and PHP servers read it as the real one.
+    pub(crate) const FORWARDING_LOOKALIKE: u32 = 1 << 16;
+
+    /// The forwarding headers whose look-alikes are flagged.
+    pub(crate) const FORWARDING_NAMES: [&str; 4] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+    ];
+
+    /// Whether `name` is one of [`FORWARDING_NAMES`] with some `-` written
+    /// as `_`.
+    pub(crate) fn is_forwarding_lookalike(name: &str) -> bool {
+        let sep = |c: u8| if c == b'_' { b'-' } else { c };
+        name.contains('_')
+            && FORWARDING_NAMES.iter().any(|known| {
+                known.len() == name.len()
+                    && known.bytes().zip(name.bytes()).all(|(k, n)| k == sep(n))
+            })
+    }
 
     /// Everything hop-by-hop, `Connection` (and what it names) included.
     pub(crate) const HOP_BY_HOP: u32 = CONNECTION
@@ -71,6 +93,7 @@ pub(crate) mod known {
             "x-forwarded-host" => X_FORWARDED_HOST,
             "x-real-ip" => X_REAL_IP,
             "via" => VIA,
+            other if is_forwarding_lookalike(other) => FORWARDING_LOOKALIKE,
             _ => 0,
         }
     }

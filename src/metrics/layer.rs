@@ -123,25 +123,10 @@ impl GatewayMetrics {
             .requests
             .get_or_create(&RouteMethodStatus {
                 route: Arc::from("unmatched"),
-                method: method_label(method),
+                method: super::series::method_label(method),
                 status: status.as_u16(),
             })
             .inc();
-    }
-}
-
-fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "OTHER",
     }
 }
 
@@ -322,9 +307,7 @@ impl<S> Metrics<S> {
     {
         let metrics = self.layer.metrics.clone();
         let inner = &metrics.inner;
-        let series = inner
-            .series
-            .get(&inner.families, &route, method_label(request.method()));
+        let series = inner.series.get(&inner.families, &route, request.method());
         series.in_flight.inc();
         // The bytes the client actually sent, counted as the body is read
         // (a declared `Content-Length` is the client's claim, not a fact).

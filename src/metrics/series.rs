@@ -10,14 +10,38 @@ use std::{
     sync::{Arc, PoisonError, RwLock},
 };
 
+use http::Method;
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge, histogram::Histogram};
 
 use super::registry::{DurationHistogram, Families, RouteMethod, RouteMethodStatus};
+
+/// The method label of every series: the standard methods by name, any
+/// other as `OTHER` (client-chosen names would make unbounded series).
+pub(crate) fn method_label(method: &Method) -> &'static str {
+    METHODS[method_slot(method)]
+}
 
 /// The standard methods' labels, in the order of their slots.
 const METHODS: [&str; 10] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
 ];
+
+/// A method's index in [`METHODS`]: the one mapping from methods to
+/// labels, so that a series slot and its label cannot disagree.
+fn method_slot(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
 
 /// The handles of one route and method: clones of the families' own
 /// series (they share their values), so what they record is what the
@@ -84,18 +108,15 @@ pub(crate) struct SeriesCache {
 }
 
 impl SeriesCache {
-    /// The series of `route` (a capped route label) and `method` (one of
-    /// the method labels).
+    /// The series of `route` (a capped route label) and `method`.
     pub(crate) fn get(
         &self,
         families: &Families,
         route: &Arc<str>,
-        method: &'static str,
+        method: &Method,
     ) -> Arc<RouteSeries> {
-        let slot = METHODS
-            .iter()
-            .position(|m| *m == method)
-            .unwrap_or(METHODS.len() - 1);
+        let slot = method_slot(method);
+        let method = METHODS[slot];
         if let Some(series) = self
             .routes
             .read()
@@ -131,13 +152,23 @@ mod tests {
         let metrics = GatewayMetrics::default();
         let inner = &metrics.inner;
         let route: Arc<str> = Arc::from("/orders");
-        let first = inner.series.get(&inner.families, &route, "GET");
-        let again = inner.series.get(&inner.families, &route, "GET");
+        let first = inner.series.get(&inner.families, &route, &Method::GET);
+        let again = inner.series.get(&inner.families, &route, &Method::GET);
         assert!(
             Arc::ptr_eq(&first, &again),
             "one resolution per route and method"
         );
-        let post = inner.series.get(&inner.families, &route, "POST");
+        let other = Method::from_bytes(b"PURGE").unwrap();
+        assert_eq!(method_label(&other), "OTHER");
+        assert_eq!(
+            inner
+                .series
+                .get(&inner.families, &route, &other)
+                .labels
+                .method,
+            "OTHER"
+        );
+        let post = inner.series.get(&inner.families, &route, &Method::POST);
         assert!(!Arc::ptr_eq(&first, &post));
 
         first.requests(&inner.families, 200).inc();

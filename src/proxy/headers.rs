@@ -53,6 +53,18 @@ pub(crate) fn add_forwarding(
         }
         ForwardedHeaders::None => 0,
     };
+    // Never the gateway's: a client's `x_forwarded_for` would reach a CGI,
+    // WSGI, Rack or PHP upstream as the `X-Forwarded-For` it trusts.
+    if scan.has(known::FORWARDING_LOOKALIKE) {
+        let lookalikes: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| known::is_forwarding_lookalike(name.as_str()))
+            .cloned()
+            .collect();
+        for name in lookalikes {
+            headers.remove(name);
+        }
+    }
     if scan.has(foreign) {
         for (bit, name) in [
             (known::FORWARDED, header::FORWARDED),
@@ -321,6 +333,41 @@ mod tests {
             h["forwarded"],
             "for=\"[2001:db8::1]\";proto=http;host=\"shop.example\""
         );
+    }
+
+    #[test]
+    fn underscore_spellings_of_forwarding_headers_are_removed() {
+        for style in [
+            ForwardedHeaders::XForwarded,
+            ForwardedHeaders::Forwarded,
+            ForwardedHeaders::None,
+        ] {
+            let mut h = map(&[
+                ("x_forwarded_for", "6.6.6.6"),
+                ("x-forwarded_host", "evil.example"),
+                ("x_forwarded-proto", "https"),
+                ("x_real_ip", "6.6.6.6"),
+                ("x_request_id", "kept"),
+                ("x_forwarded_for_note", "kept"),
+            ]);
+            add_forwarding_scanned(
+                &mut h,
+                style,
+                Some("192.0.2.1:5000".parse().unwrap()),
+                "http",
+                None,
+            );
+            for gone in [
+                "x_forwarded_for",
+                "x-forwarded_host",
+                "x_forwarded-proto",
+                "x_real_ip",
+            ] {
+                assert!(!h.contains_key(gone), "{style:?}: {gone}");
+            }
+            assert_eq!(h["x_request_id"], "kept");
+            assert_eq!(h["x_forwarded_for_note"], "kept");
+        }
     }
 
     #[test]

@@ -1118,3 +1118,111 @@ reload_interval = "1m"
     running.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn client_certificate_mode_is_checked() {
+    let with = |tls: &str| {
+        format!(
+            "{MINIMAL}\n[listeners.tls]\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n{tls}"
+        )
+    };
+    assert_eq!(
+        errors_of(&with(
+            "client_ca_file = \"ca.crt\"\nclient_certificates = \"sometimes\"\n"
+        ))
+        .paths(),
+        ["listeners.tls.client_certificates"]
+    );
+    assert_eq!(
+        errors_of(&with("client_certificates = \"optional\"\n")).paths(),
+        ["listeners.tls.client_certificates"]
+    );
+    let optional = parse_with(
+        &with("client_ca_file = \"ca.crt\"\nclient_certificates = \"optional\"\n"),
+        &[],
+    )
+    .expect("valid");
+    assert!(!optional.listeners.tls.unwrap().client_certificates_required);
+    let default = parse_with(&with("client_ca_file = \"ca.crt\"\n"), &[]).expect("valid");
+    assert!(default.listeners.tls.unwrap().client_certificates_required);
+}
+
+#[tokio::test]
+async fn optional_client_certificates_admit_clients_without_one_and_refuse_foreign_ones() {
+    let dir = tempdir("https-optional");
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let client_ca = rcgen::generate_simple_self_signed(vec!["clients-ca".into()]).unwrap();
+    std::fs::write(dir.join("server.crt"), server.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server.signing_key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("clients-ca.crt"), client_ca.cert.pem()).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"{MINIMAL}
+[listeners]
+public = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[listeners.tls]
+cert_file = "server.crt"
+key_file = "server.key"
+client_ca_file = "clients-ca.crt"
+client_certificates = "optional"
+"#
+        ),
+    )
+    .unwrap();
+    let loaded = config::load_file(&path, &config::ProcessEnv).expect("valid config");
+    let running = app::start_from_config(loaded, None)
+        .await
+        .expect("the gateway starts");
+
+    let client_config = |identity: Option<&rcgen::CertifiedKey<rcgen::KeyPair>>| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(server.cert.der().clone()).unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        match identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => builder
+                .with_client_auth_cert(
+                    vec![identity.cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::Pkcs8(
+                        identity.signing_key.serialize_der().into(),
+                    ),
+                )
+                .unwrap(),
+        }
+    };
+    let get = |tls: rustls::ClientConfig| {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        let uri = format!("https://localhost:{}/unrouted", running.gateway.port());
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), client.get(uri.parse().unwrap()))
+                .await
+                .expect("in time")
+        }
+    };
+
+    // No certificate: anonymous, served.
+    let response = get(client_config(None)).await.expect("served");
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // A certificate from another CA: the handshake fails.
+    let stranger = rcgen::generate_simple_self_signed(vec!["stranger".into()]).unwrap();
+    assert!(
+        get(client_config(Some(&stranger))).await.is_err(),
+        "a certificate the CA did not sign is refused"
+    );
+    running.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

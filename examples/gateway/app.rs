@@ -1588,7 +1588,8 @@ pub async fn start_from_config(
     let mut serve = server::serve(listener, app).limits(config.server);
     let mut keep = Keep::default();
     if let Some(tls) = &config.listeners.tls {
-        // With a client CA, mutual TLS; without, plain HTTPS.
+        // With a client CA, mutual TLS (or optional client certificates);
+        // without, plain HTTPS.
         let (chain, key) = (&tls.cert_file, &tls.key_file);
         let acceptor = match &tls.client_ca_file {
             Some(ca) => {
@@ -1598,7 +1599,11 @@ pub async fn start_from_config(
                 if let Some(every) = tls.reload_interval {
                     keep.alive.push(Box::new(certs.watch(every)));
                 }
-                tls::ServerTls::from(tls::MtlsAcceptor::new(&certs))
+                if tls.client_certificates_required {
+                    tls::ServerTls::from(tls::MtlsAcceptor::new(&certs))
+                } else {
+                    tls::TlsAcceptor::with_optional_client_certificates(&certs).into()
+                }
             }
             None => {
                 let certificate = tls::ReloadingServerCertificate::from_files(chain, key)?;

@@ -136,6 +136,10 @@ pub struct ListenerTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub client_ca_file: Option<PathBuf>,
+    /// With a client CA: whether every client must present a certificate
+    /// (`true`, mutual TLS) or may (a presented one is verified, its
+    /// identity reaches the routes; none is anonymous).
+    pub client_certificates_required: bool,
     pub reload_interval: Option<Duration>,
 }
 
@@ -1067,19 +1071,46 @@ impl Cx<'_> {
             };
             self.known(
                 tls,
-                &["cert_file", "key_file", "client_ca_file", "reload_interval"],
+                &[
+                    "cert_file",
+                    "key_file",
+                    "client_ca_file",
+                    "client_certificates",
+                    "reload_interval",
+                ],
             );
             let cert_file = self.required_path(tls, "cert_file");
             let key_file = self.required_path(tls, "key_file");
             // With it, client certificates are required and verified
             // against this CA; without it, plain server TLS.
             let client_ca_file = self.path(tls, "client_ca_file");
+            let client_certificates_required = match self.string(tls, "client_certificates") {
+                None => true,
+                Some(mode) => match mode.as_str() {
+                    "required" => true,
+                    "optional" => false,
+                    other => {
+                        self.error(
+                            "listeners.tls.client_certificates",
+                            format!("unknown mode {other:?}: \"required\" or \"optional\""),
+                        );
+                        true
+                    }
+                },
+            };
+            if tls.table.contains_key("client_certificates") && client_ca_file.is_none() {
+                self.error(
+                    "listeners.tls.client_certificates",
+                    "needs `client_ca_file`: the CA client certificates must chain to",
+                );
+            }
             let reload_interval = self.positive_duration(tls, "reload_interval");
             if let (Some(cert_file), Some(key_file)) = (cert_file, key_file) {
                 listeners.tls = Some(ListenerTls {
                     cert_file,
                     key_file,
                     client_ca_file,
+                    client_certificates_required,
                     reload_interval,
                 });
             }

@@ -1061,12 +1061,22 @@ where
     panic!("condition not reached in 10 s");
 }
 
-#[tokio::test]
-async fn public_listener_without_client_ca_file_serves_plain_https() {
-    let dir = tempdir("https");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    std::fs::write(dir.join("server.crt"), cert.cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), cert.signing_key.serialize_pem()).unwrap();
+/// A gateway from `MINIMAL` whose public listener serves TLS with a fresh
+/// self-signed `localhost` certificate and the `[listeners.tls]` lines
+/// `tls` (after `cert_file` and `key_file`); `files` are written next to
+/// the config first.
+async fn start_tls_gateway(
+    name: &str,
+    tls: &str,
+    files: &[(&str, String)],
+) -> (app::Running, rcgen::CertifiedKey<rcgen::KeyPair>, PathBuf) {
+    let dir = tempdir(name);
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(dir.join("server.crt"), server.cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server.signing_key.serialize_pem()).unwrap();
+    for (file, content) in files {
+        std::fs::write(dir.join(file), content).unwrap();
+    }
     let path = dir.join("gateway.toml");
     std::fs::write(
         &path,
@@ -1079,38 +1089,77 @@ admin = "127.0.0.1:0"
 [listeners.tls]
 cert_file = "server.crt"
 key_file = "server.key"
-reload_interval = "1m"
-"#
+{tls}"#
         ),
     )
     .unwrap();
     let loaded = config::load_file(&path, &config::ProcessEnv).expect("valid config");
-    let tls = loaded.config.listeners.tls.clone().expect("tls");
-    assert_eq!(tls.client_ca_file, None);
     let running = app::start_from_config(loaded, None)
         .await
         .expect("the gateway starts");
+    (running, server, dir)
+}
 
-    // A client with no certificate of its own, trusting the gateway's.
+/// A client trusting `server`, presenting `identity` if given.
+fn https_client(
+    server: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    identity: Option<&rcgen::CertifiedKey<rcgen::KeyPair>>,
+) -> Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+    roots.add(server.cert.der().clone()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    .with_root_certificates(roots);
+    let tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder
+            .with_client_auth_cert(
+                vec![identity.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    identity.signing_key.serialize_der().into(),
+                ),
+            )
+            .unwrap(),
+    };
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_all_versions()
         .build();
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// `GET /unrouted` over HTTPS, within 10 s.
+async fn get_unrouted(
+    client: &Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    >,
+    running: &app::Running,
+) -> Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
     let uri = format!("https://localhost:{}/unrouted", running.gateway.port());
-    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri.parse().unwrap()))
+    tokio::time::timeout(Duration::from_secs(10), client.get(uri.parse().unwrap()))
         .await
         .expect("in time")
+}
+
+#[tokio::test]
+async fn public_listener_without_client_ca_file_serves_plain_https() {
+    let (running, server, dir) =
+        start_tls_gateway("https", "reload_interval = \"1m\"\n", &[]).await;
+    let loaded =
+        config::load_file(&dir.join("gateway.toml"), &config::ProcessEnv).expect("valid config");
+    let tls = loaded.config.listeners.tls.expect("tls");
+    assert_eq!(tls.client_ca_file, None);
+    // A client with no certificate of its own, trusting the gateway's.
+    let response = get_unrouted(&https_client(&server, None), &running)
+        .await
         .expect("served over https");
     // The gateway itself answered (no route), over HTTP/2 by ALPN.
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
@@ -1149,78 +1198,24 @@ fn client_certificate_mode_is_checked() {
 
 #[tokio::test]
 async fn optional_client_certificates_admit_clients_without_one_and_refuse_foreign_ones() {
-    let dir = tempdir("https-optional");
-    let server = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let client_ca = rcgen::generate_simple_self_signed(vec!["clients-ca".into()]).unwrap();
-    std::fs::write(dir.join("server.crt"), server.cert.pem()).unwrap();
-    std::fs::write(dir.join("server.key"), server.signing_key.serialize_pem()).unwrap();
-    std::fs::write(dir.join("clients-ca.crt"), client_ca.cert.pem()).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"{MINIMAL}
-[listeners]
-public = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[listeners.tls]
-cert_file = "server.crt"
-key_file = "server.key"
-client_ca_file = "clients-ca.crt"
-client_certificates = "optional"
-"#
-        ),
+    let (running, server, dir) = start_tls_gateway(
+        "https-optional",
+        "client_ca_file = \"clients-ca.crt\"\nclient_certificates = \"optional\"\n",
+        &[("clients-ca.crt", client_ca.cert.pem())],
     )
-    .unwrap();
-    let loaded = config::load_file(&path, &config::ProcessEnv).expect("valid config");
-    let running = app::start_from_config(loaded, None)
-        .await
-        .expect("the gateway starts");
-
-    let client_config = |identity: Option<&rcgen::CertifiedKey<rcgen::KeyPair>>| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(server.cert.der().clone()).unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        match identity {
-            None => builder.with_no_client_auth(),
-            Some(identity) => builder
-                .with_client_auth_cert(
-                    vec![identity.cert.der().clone()],
-                    rustls::pki_types::PrivateKeyDer::Pkcs8(
-                        identity.signing_key.serialize_der().into(),
-                    ),
-                )
-                .unwrap(),
-        }
-    };
-    let get = |tls: rustls::ClientConfig| {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
-        let uri = format!("https://localhost:{}/unrouted", running.gateway.port());
-        async move {
-            tokio::time::timeout(Duration::from_secs(10), client.get(uri.parse().unwrap()))
-                .await
-                .expect("in time")
-        }
-    };
-
+    .await;
     // No certificate: anonymous, served.
-    let response = get(client_config(None)).await.expect("served");
+    let response = get_unrouted(&https_client(&server, None), &running)
+        .await
+        .expect("served");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     // A certificate from another CA: the handshake fails.
     let stranger = rcgen::generate_simple_self_signed(vec!["stranger".into()]).unwrap();
     assert!(
-        get(client_config(Some(&stranger))).await.is_err(),
+        get_unrouted(&https_client(&server, Some(&stranger)), &running)
+            .await
+            .is_err(),
         "a certificate the CA did not sign is refused"
     );
     running.shutdown().await.unwrap();
